@@ -1,0 +1,22 @@
+"""Decode behaviour from calcium imaging in NWB with language-model backbones."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("nwb-llmdecode")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["__version__", "inspect_source", "load_session"]
+
+
+def __getattr__(name: str):  # lazy: `import nwb_llmdecode` stays cheap
+    if name == "load_session":
+        from .io.read import load_session
+
+        return load_session
+    if name == "inspect_source":
+        from .io.read import inspect_source
+
+        return inspect_source
+    raise AttributeError(f"module 'nwb_llmdecode' has no attribute {name!r}")

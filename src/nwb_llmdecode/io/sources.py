@@ -1,0 +1,181 @@
+"""The one I/O seam: open an NWB source (local path, URL, DANDI identifier) read-only.
+
+Every reader in the package takes the :class:`NWBSource` that :func:`open_nwb` yields;
+file handles never outlive the ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceError
+
+__all__ = ["NWBSource", "is_remote", "open_nwb", "source_label"]
+
+log = logging.getLogger(__name__)
+
+_REMOTE_PREFIXES = ("http://", "https://", "dandi://", "dandi:")
+
+
+@dataclass
+class NWBSource:
+    """An open NWB file, valid inside the ``with open_nwb(...)`` block.
+
+    Attributes
+    ----------
+    nwbfile
+        The :class:`pynwb.NWBFile` read lazily from the source.
+    label
+        How the source is named in messages (a path, a URL or a DANDI identifier).
+    path
+        Local path, or ``None`` for a remote source.
+    url
+        The URL bytes are streamed from, or ``None`` for a local file.
+    stats
+        Transfer statistics for remote sources (bytes fetched, requests, cache hits).
+    """
+
+    nwbfile: Any
+    label: str
+    path: Path | None = None
+    url: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.path is None
+
+
+def is_remote(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` names a remote resource (URL or DANDI identifier)."""
+    if isinstance(source, os.PathLike):
+        return False
+    s = str(source)
+    return s.lower().startswith(_REMOTE_PREFIXES) or s.upper().startswith("DANDI:")
+
+
+def source_label(source: str | os.PathLike[str]) -> str:
+    """A short name for ``source`` to use in messages."""
+    return str(source)
+
+
+def _check_local(path: Path) -> None:
+    import h5py
+
+    if not path.exists():
+        raise SourceError(
+            f"{path}: no such file; give the path of an NWB file (.nwb), an https URL "
+            "or a DANDI identifier"
+        )
+    if path.is_dir():
+        raise SourceError(f"{path}: is a directory, not an NWB file; give the .nwb file inside it")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: the file is empty; it is not an NWB file")
+    if not h5py.is_hdf5(path):
+        raise SourceError(
+            f"{path}: not an HDF5 file, so not an NWB file (only HDF5 NWB is supported; "
+            "check the file was fully downloaded)"
+        )
+
+
+def _open_h5(fileobj_or_path: Any, label: str) -> Any:
+    import h5py
+
+    try:
+        return h5py.File(fileobj_or_path, "r")
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or "eof" in text.lower():
+            raise SourceError(
+                f"{label}: the HDF5 file is truncated ({text.strip()}); the copy is "
+                "incomplete, download or write it again"
+            ) from exc
+        raise SourceError(f"{label}: cannot be opened as HDF5 ({text.strip()})") from exc
+
+
+def _read_nwb(h5file: Any, label: str) -> tuple[Any, Any]:
+    from pynwb import NWBHDF5IO
+
+    if "nwb_version" not in h5file.attrs:
+        raise SourceError(
+            f"{label}: an HDF5 file but not NWB (no 'nwb_version' attribute at '/'); "
+            "convert it to NWB first (e.g. with NeuroConv)"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Lenient on read: odd but readable files only warn (logged below).
+            warnings.simplefilter("ignore")
+            io = NWBHDF5IO(file=h5file, mode="r", load_namespaces=True)
+            nwbfile = io.read()
+    except Exception as exc:  # hdmf raises many types on malformed files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(
+            f"{label}: not a readable NWB file ({type(exc).__name__}: {first}); "
+            "check it with `pynwb.validate` or the tool that wrote it"
+        ) from exc
+    return io, nwbfile
+
+
+@contextlib.contextmanager
+def open_nwb(
+    source: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[NWBSource]:
+    """Open an NWB source read-only.
+
+    Parameters
+    ----------
+    source
+        A local path, an ``http(s)://`` URL of an NWB file, or a DANDI identifier or URL
+        naming one asset (``DANDI:000123/draft/sub-1/sub-1_ses-1.nwb``,
+        ``dandi://dandi/000123@draft/sub-1/...``, an API asset URL...).
+    cache_dir
+        Where remote byte ranges are cached (remote sources only). ``None`` uses the
+        user's cache directory.
+
+    Yields
+    ------
+    NWBSource
+        The open file; it is closed when the block exits.
+
+    Raises
+    ------
+    SourceError
+        When the source is missing, not HDF5, not NWB or truncated.
+
+    Examples
+    --------
+    >>> from nwb_llmdecode.io.sources import open_nwb
+    >>> with open_nwb("session.nwb") as src:  # doctest: +SKIP
+    ...     print(src.nwbfile.session_description)
+    """
+    if is_remote(source):
+        from .remote import open_remote_h5
+
+        with open_remote_h5(str(source), cache_dir=cache_dir) as (h5file, url, stats):
+            io, nwbfile = _read_nwb(h5file, str(source))
+            try:
+                yield NWBSource(nwbfile=nwbfile, label=str(source), url=url, stats=stats)
+            finally:
+                io.close()
+        return
+
+    path = Path(source).expanduser()
+    _check_local(path)
+    h5file = _open_h5(path, str(path))
+    try:
+        io, nwbfile = _read_nwb(h5file, str(path))
+        try:
+            yield NWBSource(nwbfile=nwbfile, label=str(path), path=path.resolve())
+        finally:
+            io.close()
+    finally:
+        h5file.close()
