@@ -370,8 +370,16 @@ def make_session(
                     name=f"SummaryImages_{name}",
                     description=f"Summary images of plane {p}.",
                     images=[
-                        GrayscaleImage(name="mean", data=mean_img.astype(np.float32)),
-                        GrayscaleImage(name="correlation", data=corr.astype(np.float32)),
+                        GrayscaleImage(
+                            name="mean",
+                            data=mean_img.astype(np.float32),
+                            description="Mean fluorescence over the session.",
+                        ),
+                        GrayscaleImage(
+                            name="correlation",
+                            data=corr.astype(np.float32),
+                            description="Local correlation image.",
+                        ),
                     ],
                 )
             )

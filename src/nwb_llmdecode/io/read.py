@@ -33,6 +33,7 @@ __all__ = [
     "load_session",
     "read_session",
     "roi_label_volume",
+    "run_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -681,3 +682,25 @@ def roi_label_volume(src: NWBSource, plane_segmentations: Sequence[str]) -> np.n
             )
         offset += n
     return vol
+
+
+def run_config(config_json: str) -> dict[str, Any]:
+    """The run configuration stored in ``decoding_run.config_json`` as a dict.
+
+    The column holds ``[option, value]`` pairs (nested for nested options).
+
+    Examples
+    --------
+    >>> run_config('[["backbone", "minilm"], ["split", [0.7, 0.1, 0.2]]]')
+    {'backbone': 'minilm', 'split': [0.7, 0.1, 0.2]}
+    """
+
+    def unpack(v: Any) -> Any:
+        if isinstance(v, list) and v and all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v
+        ):
+            return {k: unpack(x) for k, x in v}
+        return v
+
+    data = json.loads(config_json)
+    return data if isinstance(data, dict) else unpack(data)

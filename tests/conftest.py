@@ -1,0 +1,46 @@
+"""Shared fixtures: synthetic sessions generated once per test run into a temp dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nwb_llmdecode.synthetic import SyntheticTruth, make_session
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DANDI_NO_ET", "1")
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sessions")
+
+
+@pytest.fixture(scope="session")
+def multiplane_ts(session_dir: Path) -> SyntheticTruth:
+    """Two planes, image masks, timestamped behaviour with a tracking gap."""
+    return make_session(
+        session_dir / "multiplane_ts.nwb", frames=240, rois=40, planes=2, seed=1,
+        behavior_timestamps=True, behavior_gap=(40.0, 44.0),
+    )
+
+
+@pytest.fixture(scope="session")
+def singleplane_rate(session_dir: Path) -> SyntheticTruth:
+    """One plane, pixel masks, rate-based behaviour in acquisition."""
+    return make_session(
+        session_dir / "singleplane_rate.nwb", frames=200, rois=24, planes=1, seed=2, mask="pixel",
+        fluorescence=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def voxel_session(session_dir: Path) -> SyntheticTruth:
+    """Three planes with voxel masks and a raw TwoPhotonSeries."""
+    return make_session(
+        session_dir / "voxel.nwb", frames=120, rois=30, planes=3, seed=3, mask="voxel",
+        raw_imaging=True,
+    )
