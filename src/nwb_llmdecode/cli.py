@@ -229,6 +229,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .io.convert import convert_nlp4neuro
+
+    out = convert_nlp4neuro(
+        args.neural,
+        args.tail,
+        args.out,
+        frame_rate=args.frame_rate,
+        tail_full=args.tail_full,
+        positions=args.positions,
+        subject_id=args.subject_id,
+        age=args.age,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_dandi_ls(args: argparse.Namespace) -> int:
     from .io.dandi import list_assets
 
@@ -333,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("convert-nlp4neuro",
+                       help="turn NLP4Neuro .npy files (doi:10.7910/DVN/I8LULX) into NWB")
+    p.add_argument("neural", help="fishN_neural_data_matched.npy (neurons x (frames + 2))")
+    p.add_argument("tail", help="fishN_tail_data_matched.npy (frames x 6)")
+    p.add_argument("out", help="output .nwb file")
+    p.add_argument("--frame-rate", type=float, required=True,
+                   help="imaging volume rate in Hz (not stored in the files)")
+    p.add_argument("--tail-full", help="fishN_tail_data_full.npy (200 Hz samples)")
+    p.add_argument("--positions", help=".npy of ROI positions (neurons x 2 or 3, pixels)")
+    p.add_argument("--subject-id", default="fish")
+    p.add_argument("--age", help="age in ISO 8601 (e.g. P7D)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("dandi", help="browse the DANDI archive")
     dsub = p.add_subparsers(dest="dandi_command", required=True, metavar="SUBCOMMAND")

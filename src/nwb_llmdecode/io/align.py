@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["frame_average", "frame_edges", "sample_range"]
+__all__ = ["frame_average", "frame_edges", "regular_timing", "sample_range"]
 
 
 def frame_edges(frame_times: np.ndarray) -> np.ndarray:
@@ -85,3 +85,21 @@ def frame_average(
         counts[:, c] = n
         np.divide(s, n, out=mean[:, c], where=n > 0)
     return mean, counts
+
+
+def regular_timing(times: np.ndarray) -> dict[str, object]:
+    """``rate``/``starting_time`` for regularly spaced times (NWB best practice), else
+    ``timestamps``: keyword arguments for a pynwb TimeSeries.
+
+    Examples
+    --------
+    >>> regular_timing(np.array([1.0, 1.5, 2.0, 2.5]))
+    {'rate': 2.0, 'starting_time': 1.0}
+    """
+    t = np.asarray(times, dtype=np.float64)
+    if len(t) > 2:
+        steps = np.diff(t)
+        step = float(np.median(steps))
+        if step > 0 and np.all(np.abs(steps - step) <= 1e-6 * step + 1e-9):
+            return {"rate": 1.0 / step, "starting_time": float(t[0])}
+    return {"timestamps": t}

@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import OutputExistsError, SourceError
+from .align import regular_timing
 from .read import RESULTS_MODULE, _mask_column, _ragged, inventory
 from .sources import NWBSource
 
@@ -412,16 +413,6 @@ def _as_pairs(obj: Any) -> Any:
     return obj
 
 
-def _frame_timing(times: np.ndarray) -> dict[str, Any]:
-    """``rate``/``starting_time`` for regular frame times (NWB best practice), else timestamps."""
-    if len(times) > 2:
-        steps = np.diff(times)
-        step = float(np.median(steps))
-        if step > 0 and np.all(np.abs(steps - step) <= 1e-6 * max(step, 1e-12) + 1e-9):
-            return {"rate": 1.0 / step, "starting_time": float(times[0])}
-    return {"timestamps": times}
-
-
 def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict[str, Any]) -> Any:
     """Add ``processing/llmdecode`` to ``nwbfile`` (in memory) and fill it."""
     from hdmf.common import DynamicTable, VectorData
@@ -431,7 +422,7 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
 
     ds = results.session
     times = np.asarray(ds["time"].values, dtype=np.float64)
-    timing = _frame_timing(times)
+    timing = regular_timing(times)
     module = nwbfile.create_processing_module(
         name=RESULTS_MODULE,
         description="Behaviour decoded from ROI activity with nwb-llmdecode "
@@ -609,7 +600,7 @@ def _add_salience(
                 data=course[:, sel],
                 rois=region,
                 unit="a.u.",
-                **_frame_timing(times),
+                **regular_timing(times),
                 description=f"Time-resolved {method} attribution of each ROI (frames x ROIs), "
                 "each frame averaged over the windows that contain it. This is attribution, "
                 "not fluorescence.",
