@@ -34,8 +34,8 @@ def sample_range(
 
     Used to read only the needed part of a rate-based series.
     """
-    i0 = int(np.clip(np.ceil((edges[0] - start) * rate - 1e-9), 0, n_samples))
-    i1 = int(np.clip(np.ceil((edges[-1] - start) * rate - 1e-9), 0, n_samples))
+    i0 = int(np.clip(np.ceil((edges[0] - start) * rate - 1e-6), 0, n_samples))
+    i1 = int(np.clip(np.ceil((edges[-1] - start) * rate - 1e-6), 0, n_samples))
     return i0, max(i0, i1)
 
 
@@ -73,7 +73,10 @@ def frame_average(
     if x.ndim == 1:
         x = x[:, None]
     n_frames = len(edges) - 1
-    frame = np.searchsorted(edges, t, side="right") - 1
+    # A sample within a millionth of a sample period of an edge counts as on it: times
+    # computed from a rate carry rounding error that must not move samples across frames.
+    tol = 1e-6 * float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    frame = np.searchsorted(edges, t + tol, side="right") - 1
     inside = (frame >= 0) & (frame < n_frames)
     frame, x = frame[inside], x[inside]
     mean = np.full((n_frames, x.shape[1]), np.nan)
@@ -101,5 +104,6 @@ def regular_timing(times: np.ndarray) -> dict[str, object]:
         steps = np.diff(t)
         step = float(np.median(steps))
         if step > 0 and np.all(np.abs(steps - step) <= 1e-6 * step + 1e-9):
-            return {"rate": 1.0 / step, "starting_time": float(t[0])}
+            # 12 significant digits: 1 / 0.005000000000000001 is 200 Hz, not 199.99999999999997
+            return {"rate": float(f"{1.0 / step:.12g}"), "starting_time": float(t[0])}
     return {"timestamps": t}
