@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ __all__ = ["NWBSource", "is_remote", "open_nwb", "source_label"]
 log = logging.getLogger(__name__)
 
 _REMOTE_PREFIXES = ("http://", "https://", "dandi://", "dandi:")
+#: ``<INSTANCE>:<dandiset>`` identifiers of any DANDI instance (DANDI-SANDBOX:000123, ...)
+_INSTANCE_ID = re.compile(r"[A-Za-z][-\w.]*:\d{6}(/|$)")
 
 
 @dataclass
@@ -58,7 +61,7 @@ def is_remote(source: str | os.PathLike[str]) -> bool:
     if isinstance(source, os.PathLike):
         return False
     s = str(source)
-    return s.lower().startswith(_REMOTE_PREFIXES) or s.upper().startswith("DANDI:")
+    return s.lower().startswith(_REMOTE_PREFIXES) or bool(_INSTANCE_ID.match(s))
 
 
 def source_label(source: str | os.PathLike[str]) -> str:
