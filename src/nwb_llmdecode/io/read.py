@@ -32,6 +32,7 @@ __all__ = [
     "load_images",
     "load_session",
     "read_session",
+    "roi_centroids",
     "roi_label_volume",
     "run_config",
 ]
@@ -377,8 +378,24 @@ def _ragged(ps: Any, column: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(records), ends
 
 
-def _centroids(ps: Any, rows: np.ndarray, plane_z: float) -> np.ndarray:
-    """(n, 3) centroids (x, y, z) of ``rows`` of a PlaneSegmentation, NaN where unknown."""
+def roi_centroids(ps: Any, rows: np.ndarray | None = None, *, plane_z: float = 0.0) -> np.ndarray:
+    """Weighted mask centroids (x, y, z) of ``rows`` of a PlaneSegmentation.
+
+    Parameters
+    ----------
+    ps
+        A PlaneSegmentation read from a file (image, pixel or voxel masks).
+    rows
+        Row indices; default all rows.
+    plane_z
+        z given to 2-D (image or pixel) masks, e.g. the plane's position in a stack.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 3) float64 in mask pixel units; NaN where a mask is empty or absent.
+    """
+    rows = np.arange(len(ps.id)) if rows is None else np.asarray(rows, dtype=np.int64)
     out = np.full((len(rows), 3), np.nan)
     column = _mask_column(ps)
     if column == "image_mask":
@@ -470,7 +487,7 @@ def read_session(
         table = s.rois.table
         rows = np.asarray(s.rois.data[:], dtype=np.int64)
         ids = np.asarray(table.id.data[:], dtype=np.int64)[rows]
-        cen = _centroids(table, rows, plane_z=float(p))
+        cen = roi_centroids(table, rows, plane_z=float(p))
         coords["plane"] += [table.name] * len(rows)
         coords["roi_id"].append(ids)
         coords["roi_row"].append(rows)

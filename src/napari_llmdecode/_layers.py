@@ -1,0 +1,1056 @@
+"""NWB session or decoding results -> napari layer data, as pure functions.
+
+Nothing here imports Qt or napari: the functions read an NWB source once into a
+:class:`SessionData` (arrays in memory, file closed again) and turn it into napari
+``LayerDataTuple``\\ s ``(data, kwargs, layer_type)``. Colouring ROIs by salience is a
+look-up table indexed by the label volume (label ``k + 1`` is global ROI ``k``), so it is
+one vectorised gather however many ROIs there are.
+
+Global ROI index
+    The PlaneSegmentation tables of the file, sorted by object path, concatenated with all
+    their rows: ROI ``k`` is row ``k - offsets[p]`` of table ``p``. The label volume of
+    :func:`nwb_llmdecode.io.read.roi_label_volume` uses the same numbering.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "META_KEY",
+    "SALIENCE_COLORMAP",
+    "LayerDataTuple",
+    "ResultsData",
+    "SalienceSet",
+    "SessionData",
+    "colour_update",
+    "compatible",
+    "contrast_limits",
+    "labels_layer",
+    "layer_role",
+    "paint",
+    "point_sizes",
+    "points_layer",
+    "read_source",
+    "roi_on_ray",
+    "roi_world_position",
+    "salience_image_layer",
+    "salient_points",
+    "session_layers",
+    "short_name",
+    "top_rows",
+    "trace_data",
+]
+
+log = logging.getLogger(__name__)
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: Key under which our layers keep ``{"role": ..., "data": SessionData}`` in ``metadata``.
+META_KEY = "llmdecode"
+
+_INFERNO = [
+    [0.001, 0.000, 0.014],
+    [0.129, 0.047, 0.291],
+    [0.342, 0.062, 0.429],
+    [0.541, 0.135, 0.415],
+    [0.736, 0.216, 0.330],
+    [0.894, 0.353, 0.194],
+    [0.978, 0.558, 0.035],
+    [0.975, 0.798, 0.206],
+    [0.988, 0.998, 0.645],
+]
+_ALPHA = [0.0, 0.55, 0.85, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+#: Inferno whose low end fades out, so weakly salient ROIs let the anatomy show through
+#: and only salient ones are coloured.
+#: A dict napari turns into a ``Colormap`` (``ensure_colormap``), so no napari import here.
+SALIENCE_COLORMAP: dict[str, Any] = {
+    "name": "llmdecode salience",
+    "colors": [[*c, a] for c, a in zip(_INFERNO, _ALPHA, strict=True)],
+    "interpolation": "linear",
+}
+
+# Activity kept in memory up to this many values (float32); above, traces are read per ROI.
+MAX_ACTIVITY_VALUES = 64_000_000
+#: Centroid points are drawn for ROIs with salience >= this fraction of the maximum ...
+MIN_POINT_FRACTION = 0.2
+#: ... and for at most this many ROIs (the strongest).
+MAX_POINTS = 500
+# Time-resolved salience kept in memory up to this many values.
+MAX_TIMECOURSE_VALUES = 64_000_000
+
+_IMAGE_PREFERENCE = ("mean", "meanimg", "average", "avg", "max", "maximg", "correlation", "vcorr")
+
+
+# ----------------------------------------------------------------------------------------
+# data read from one NWB file
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class SalienceSet:
+    """One salience method of one results file, on the global ROIs of its session.
+
+    Attributes
+    ----------
+    method
+        Attribution method (``decoding_run.salience_method``).
+    origin
+        Name of the results file it was read from.
+    salience
+        (rois,) mean over outputs; NaN for ROIs the decoder did not use.
+    by_output
+        (rois, channels) salience per behaviour channel.
+    rank
+        (rois,) 1 = most salient as written in the file; 0 where not ranked.
+    timecourse
+        (time, rois) time-resolved salience (NaN outside the explained block), or ``None``.
+    """
+
+    method: str
+    origin: str
+    salience: np.ndarray
+    by_output: np.ndarray
+    rank: np.ndarray
+    timecourse: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.origin})"
+
+    def __repr__(self) -> str:
+        return f"SalienceSet({self.label!r}, rois={len(self.salience)})"
+
+    def values(self, channel: int | None = None, frame: int | None = None) -> np.ndarray:
+        """Per-ROI values to colour by: overall, one output ``channel``, or one ``frame``.
+
+        Examples
+        --------
+        >>> s = SalienceSet("ig", "f", np.array([1.0, 2.0]), np.array([[1, 3], [2, 0.5]]),
+        ...                 np.array([2, 1]))
+        >>> s.values(channel=1).tolist()
+        [3.0, 0.5]
+        """
+        if frame is not None:
+            if self.timecourse is None:
+                raise ValueError(f"{self.label}: no time-resolved salience in the file")
+            return np.asarray(self.timecourse[int(frame)], dtype=np.float32)
+        if channel is None:
+            return np.asarray(self.salience, dtype=np.float32)
+        return np.asarray(self.by_output[:, int(channel)], dtype=np.float32)
+
+
+@dataclass(eq=False, repr=False)
+class ResultsData:
+    """The ``processing/llmdecode`` module of a results file (small parts in memory)."""
+
+    times: np.ndarray
+    channels: list[str]
+    units: list[str]
+    targets: np.ndarray
+    predictions: np.ndarray
+    splits: list[tuple[str, float, float]]
+    metrics: list[dict[str, Any]]
+    run: dict[str, Any]
+    salience: list[SalienceSet] = field(default_factory=list)
+
+
+@dataclass(eq=False, repr=False)
+class SessionData:
+    """What the viewer needs from one NWB file, read once.
+
+    Attributes
+    ----------
+    source
+        Path, URL or DANDI identifier as given.
+    name
+        Short name used in layer names.
+    plane_segmentations, plane_names
+        Object paths and names of the ROI tables, in global-ROI order.
+    offsets
+        (planes + 1,) first global ROI of each table; ``offsets[-1]`` is the ROI count.
+    labels
+        (z, y, x) int32 label volume, label ``k + 1`` = global ROI ``k``.
+    centroids
+        (rois, 3) z, y, x centroid of each ROI in voxel units (NaN when not drawn).
+    scale, translate
+        Physical voxel size and origin, (z, y, x); ``unit`` names their unit.
+    images
+        Summary image kind -> (z, y, x) float32 volume, one slice per plane.
+    activity
+        (time, rois) ΔF/F (or fluorescence), NaN for ROIs without a series; ``None`` when too
+        large to keep (then :func:`trace_data` reads single ROIs from the source).
+    """
+
+    source: str
+    name: str
+    plane_segmentations: list[str]
+    plane_names: list[str]
+    offsets: np.ndarray
+    labels: np.ndarray
+    centroids: np.ndarray
+    scale: tuple[float, float, float]
+    translate: tuple[float, float, float]
+    unit: str | None
+    images: dict[str, np.ndarray]
+    activity: np.ndarray | None
+    activity_times: np.ndarray | None
+    activity_label: str
+    activity_series: list[dict[str, Any]]
+    roi_series: list[dict[str, Any]]
+    behavior_series: list[dict[str, Any]]
+    results: ResultsData | None = None
+    identifier: str = ""
+    roi_diameter: float = 5.0
+
+    @property
+    def n_rois(self) -> int:
+        return int(self.offsets[-1])
+
+    def __repr__(self) -> str:
+        res = self.results is not None
+        return f"SessionData({self.source!r}, rois={self.n_rois}, results={res})"
+
+    @property
+    def roi_plane(self) -> np.ndarray:
+        """(rois,) index of each ROI's table."""
+        return np.repeat(np.arange(len(self.plane_names)), np.diff(self.offsets))
+
+    @property
+    def roi_signature(self) -> tuple[tuple[str, int], ...]:
+        """(table name, rows) per table: results with equal signatures share ROIs."""
+        return tuple(
+            (n, int(c)) for n, c in zip(self.plane_names, np.diff(self.offsets), strict=True)
+        )
+
+    def roi_name(self, roi: int) -> str:
+        p = int(self.roi_plane[roi])
+        return f"{self.plane_names[p]}[{roi - int(self.offsets[p])}]"
+
+
+def short_name(source: str | os.PathLike[str]) -> str:
+    """Short display name of a source: the file name without ``.nwb``.
+
+    Examples
+    --------
+    >>> short_name("/data/sub-1_ses-2_desc-llmdecode.nwb")
+    'sub-1_ses-2_desc-llmdecode'
+    >>> short_name("https://example.org/files/x.nwb?download=1")
+    'x'
+    """
+    s = str(source).split("?")[0].rstrip("/")
+    name = re.split(r"[/\\]", s)[-1] or s
+    return name[:-4] if name.lower().endswith(".nwb") else name
+
+
+def _natural_key(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _tokens(s: str) -> set[str]:
+    return {t for t in re.split(r"[^0-9a-zA-Z]+|_", s.lower()) if t}
+
+
+# ----------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------
+
+
+def read_source(
+    source: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    max_activity_values: int = MAX_ACTIVITY_VALUES,
+) -> SessionData:
+    """Read everything the viewer shows from an NWB session or results file.
+
+    Parameters
+    ----------
+    source
+        Local path, URL or DANDI identifier (see :func:`nwb_llmdecode.io.sources.open_nwb`).
+    cache_dir
+        Block cache of remote sources.
+    max_activity_values
+        Keep ROI activity in memory up to this many values; larger sessions read single
+        traces on demand.
+
+    Returns
+    -------
+    SessionData
+
+    Raises
+    ------
+    nwb_llmdecode.errors.SourceError
+        When the source cannot be opened as NWB, or has no ROI table.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from nwb_llmdecode.synthetic import make_session
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.nwb"
+    >>> _ = make_session(p, frames=30, rois=6, planes=2, n_drivers=2)
+    >>> data = read_source(p)
+    >>> data.labels.shape[0], data.n_rois, sorted(data.images)
+    (2, 6, ['correlation', 'mean'])
+    """
+    from nwb_llmdecode.io.sources import open_nwb
+
+    with open_nwb(source, cache_dir=cache_dir) as src:
+        return _read_open(src, str(source), max_activity_values)
+
+
+def _read_open(src: Any, source: str, max_activity_values: int) -> SessionData:
+    from nwb_llmdecode.errors import SourceError
+    from nwb_llmdecode.io.read import RESULTS_MODULE, inventory, roi_label_volume
+
+    inv = inventory(src)
+    segs = sorted(inv.plane_segmentations, key=lambda c: _natural_key(c["path"]))
+    if not segs:
+        raise SourceError(
+            f"{src.label}: no PlaneSegmentation (ROI table) in the file; the viewer draws "
+            "segmented ROIs, so open a file with ophys segmentation"
+        )
+    ps_paths = [c["path"] for c in segs]
+    tables = [inv.objects[p] for p in ps_paths]
+    counts = np.array([c["n_rois"] for c in segs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    labels = roi_label_volume(src, ps_paths)
+    images = _plane_images(inv, tables)
+    shape = _common_shape(labels, images)
+    labels = _pad(labels, shape)
+    images = {k: _pad(v, shape) for k, v in images.items()}
+    centroids = _mask_centroids(tables, offsets, labels)
+    scale, translate, unit = _geometry(tables, labels.shape[0])
+
+    activity, times, act_label, act_series = _read_activity(
+        inv, ps_paths, offsets, max_activity_values
+    )
+    results = None
+    if RESULTS_MODULE in src.nwbfile.processing:
+        results = _read_results(
+            src.nwbfile.processing[RESULTS_MODULE], tables, offsets, short_name(source)
+        )
+    return SessionData(
+        source=source,
+        name=short_name(source),
+        plane_segmentations=ps_paths,
+        plane_names=[t.name for t in tables],
+        offsets=offsets,
+        labels=labels,
+        centroids=centroids,
+        scale=scale,
+        translate=translate,
+        unit=unit,
+        images=images,
+        activity=activity,
+        activity_times=times,
+        activity_label=act_label,
+        activity_series=act_series,
+        roi_series=list(inv.roi_series),
+        behavior_series=list(inv.behavior_series),
+        results=results,
+        identifier=str(getattr(src.nwbfile, "identifier", "")),
+        roi_diameter=_roi_diameter(labels, int(offsets[-1])),
+    )
+
+
+def _common_shape(labels: np.ndarray, images: dict[str, np.ndarray]) -> tuple[int, int, int]:
+    shapes = [labels.shape] + [v.shape for v in images.values()]
+    return (
+        max(s[0] for s in shapes),
+        max(s[1] for s in shapes),
+        max(s[2] for s in shapes),
+    )
+
+
+def _pad(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    if a.shape == shape:
+        return a
+    out = np.zeros(shape, dtype=a.dtype)
+    out[: a.shape[0], : a.shape[1], : a.shape[2]] = a
+    return out
+
+
+def _plane_images(inv: Any, tables: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Summary images matched to planes by name, stacked per kind into (z, y, x)."""
+    names = [t.name + " " + t.imaging_plane.name for t in tables]
+    toks = [_tokens(n) for n in names]
+    common = set.intersection(*toks) if toks else set()
+    distinct = [t - common for t in toks]
+    per_kind: dict[str, dict[int, np.ndarray]] = {}
+    for c in inv.images:
+        if len(c["shape"]) != 2:
+            continue  # RGB(A) summaries are skipped
+        path_toks = _tokens(c["path"].split("/", 2)[-1])
+        if len(tables) == 1:
+            plane = 0
+        else:
+            hits = [p for p, d in enumerate(distinct) if d and d <= path_toks]
+            if len(hits) != 1:
+                continue
+            plane = hits[0]
+        name = c["name"]
+        kind_toks = [t for t in re.split(r"[^0-9a-zA-Z]+|_", name) if t]
+        kind = "_".join(t for t in kind_toks if t.lower() not in distinct[plane]) or name
+        per_kind.setdefault(kind, {})[plane] = np.asarray(
+            inv.objects[c["path"]].data[:], dtype=np.float32
+        )
+    out = {}
+    for kind, planes in per_kind.items():
+        h = max(a.shape[0] for a in planes.values())
+        w = max(a.shape[1] for a in planes.values())
+        vol = np.zeros((len(tables), h, w), dtype=np.float32)
+        for p, a in planes.items():
+            vol[p, : a.shape[0], : a.shape[1]] = a
+        out[kind] = vol
+
+    def pref(k: str) -> tuple[int, str]:
+        low = k.lower()
+        return (_IMAGE_PREFERENCE.index(low) if low in _IMAGE_PREFERENCE else 99, low)
+
+    return {k: out[k] for k in sorted(out, key=pref)}
+
+
+def _mask_centroids(tables: Sequence[Any], offsets: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(n_rois, 3) z, y, x weighted mask centroids (the library's, as in ``read_session``).
+
+    ROIs hidden under others in the label volume keep their own centroid. Falls back to
+    the centroids of the drawn label voxels if the masks cannot be read that way.
+    """
+    try:
+        from nwb_llmdecode.io.read import roi_centroids
+
+        out = np.full((int(offsets[-1]), 3), np.nan)
+        for p, ps in enumerate(tables):
+            xyz = roi_centroids(ps, plane_z=float(p))
+            out[offsets[p] : offsets[p + 1]] = xyz[:, ::-1]
+        return out
+    except Exception:  # lenient on read: the drawn voxels give centroids too
+        log.warning("mask centroids unavailable; using the label volume", exc_info=True)
+        return _label_centroids(labels, int(offsets[-1]))
+
+
+def _label_centroids(labels: np.ndarray, n_rois: int) -> np.ndarray:
+    """(n_rois, 3) z, y, x centroids of each label's drawn voxels (NaN if none)."""
+    flat = labels.ravel()
+    nz = np.flatnonzero(flat)
+    lab = flat[nz]
+    zyx = np.unravel_index(nz, labels.shape)
+    count = np.bincount(lab, minlength=n_rois + 1)[1 : n_rois + 1].astype(np.float64)
+    out = np.full((n_rois, 3), np.nan)
+    seen = count > 0
+    for k in range(3):
+        s = np.bincount(lab, weights=zyx[k], minlength=n_rois + 1)[1 : n_rois + 1]
+        out[seen, k] = s[seen] / count[seen]
+    return out
+
+
+def _geometry(
+    tables: Sequence[Any], n_z: int
+) -> tuple[tuple[float, float, float], tuple[float, float, float], str | None]:
+    """Voxel size and origin (z, y, x) from the imaging planes' grid spacing and origins."""
+    grids, origins, unit = [], [], None
+    for t in tables:
+        plane = t.imaging_plane
+        g = getattr(plane, "grid_spacing", None)
+        o = getattr(plane, "origin_coords", None)
+        grids.append(None if g is None else [float(v) for v in g[:]])
+        origins.append(None if o is None else [float(v) for v in o[:]])
+        unit = unit or getattr(plane, "grid_spacing_unit", None)
+    g0 = next((g for g in grids if g), None)
+    dx = dy = 1.0
+    if g0:
+        dx = g0[0] if g0[0] > 0 else 1.0
+        dy = g0[1] if len(g0) > 1 and g0[1] > 0 else dx
+    dz = None
+    if g0 and len(g0) > 2 and g0[2] > 0 and n_z > len(tables):
+        dz = g0[2]  # voxel masks: z is a voxel index
+    zs = [o[2] for o in origins if o and len(o) > 2]
+    if dz is None and len(zs) == len(tables) > 1:
+        steps = np.abs(np.diff(zs))
+        if np.all(steps > 0):
+            dz = float(np.median(steps))
+            if np.ptp(steps) > 0.01 * dz:
+                log.info("planes are unevenly spaced (%s); using the median step", steps)
+    if dz is None:
+        dz = g0[2] if g0 and len(g0) > 2 and g0[2] > 0 else max(dx, dy)
+    o0 = origins[0]
+    translate = (0.0, 0.0, 0.0)
+    if o0 and len(o0) >= 2:
+        translate = (float(o0[2]) if len(o0) > 2 else 0.0, float(o0[1]), float(o0[0]))
+    return (float(dz), float(dy), float(dx)), translate, unit
+
+
+def _read_activity(
+    inv: Any, ps_paths: list[str], offsets: np.ndarray, max_values: int
+) -> tuple[np.ndarray | None, np.ndarray | None, str, list[dict[str, Any]]]:
+    """ΔF/F (else fluorescence) of every table on the global ROIs."""
+    chosen = []
+    for p, ps_path in enumerate(ps_paths):
+        cands = [c for c in inv.roi_series if c["plane_segmentation"] == ps_path]
+        for kind in ("DfOverF", "Fluorescence", None):
+            pick = [c for c in cands if kind is None or c["container"] == kind]
+            if pick:
+                chosen.append((p, sorted(pick, key=lambda c: _natural_key(c["path"]))[0]))
+                break
+    if not chosen:
+        return None, None, "activity", []
+    label = "ΔF/F" if chosen[0][1]["container"] == "DfOverF" else "fluorescence"
+    n_frames = min(c["n_frames"] for _, c in chosen)
+    first = inv.objects[chosen[0][1]["path"]]
+    times = np.asarray(first.get_timestamps()[:n_frames], dtype=np.float64)
+    series = []
+    for p, c in chosen:
+        s = inv.objects[c["path"]]
+        rows = np.asarray(s.rois.data[:], dtype=np.int64)
+        series.append({"path": c["path"], "roi": (offsets[p] + rows).tolist()})
+    n_rois = int(offsets[-1])
+    if n_frames * n_rois > max_values:
+        return None, times, label, series
+    activity = np.full((n_frames, n_rois), np.nan, dtype=np.float32)
+    for info in series:
+        block = np.asarray(inv.objects[info["path"]].data[:n_frames], dtype=np.float32)
+        activity[:, info["roi"]] = block.reshape(n_frames, -1)
+    return activity, times, label, series
+
+
+def _column(table: Any, name: str) -> np.ndarray:
+    return np.asarray(table[name].data[:])
+
+
+def _channel_names(module: Any, tables: list[Any]) -> list[str] | None:
+    """Channel names in ``salience_by_output`` order, from the column description."""
+    for t in tables:
+        desc = str(t["salience_by_output"].description)
+        m = re.search(r"\(([^()]*)\)\s*$", desc)
+        if m:
+            names = [s.strip() for s in m.group(1).split(",") if s.strip()]
+            if names and len(names) == np.shape(t["salience_by_output"].data)[1]:
+                return names
+    return None
+
+
+def _read_results(module: Any, tables: list[Any], offsets: np.ndarray, origin: str) -> ResultsData:
+    ifaces = module.data_interfaces
+    sal_tables = [ifaces[n] for n in sorted(ifaces) if n.startswith("roi_salience")]
+
+    # --- behaviour channels: targets and predictions -----------------------------------
+    channels: list[str] = []
+    units: list[str] = []
+    columns_t: list[np.ndarray] = []
+    columns_p: list[np.ndarray] = []
+    times = np.zeros(0)
+    if "targets" in ifaces and "predictions" in ifaces:
+        targ = ifaces["targets"].time_series
+        pred = ifaces["predictions"].time_series
+        by_name: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+        for name, ts in targ.items():
+            t = np.asarray(ts.data[:], dtype=np.float32).reshape(len(ts.data), -1)
+            p = (
+                np.asarray(pred[name].data[:], dtype=np.float32).reshape(len(t), -1)
+                if name in pred
+                else np.full_like(t, np.nan)
+            )
+            by_name[name] = (t, p, str(ts.unit))
+            if len(times) == 0:
+                times = np.asarray(ts.get_timestamps()[: len(t)], dtype=np.float64)
+        wanted = _channel_names(module, sal_tables)
+        parsed = [re.fullmatch(r"(.+)\[(\d+)\]", w) for w in wanted] if wanted else []
+        if wanted and all(m and m.group(1) in by_name for m in parsed):
+            for w, m in zip(wanted, parsed, strict=True):
+                t, p, u = by_name[m.group(1)]
+                i = int(m.group(2))
+                channels.append(w)
+                units.append(u)
+                columns_t.append(t[:, i])
+                columns_p.append(p[:, i])
+        else:
+            for name, (t, p, u) in by_name.items():
+                for i in range(t.shape[1]):
+                    channels.append(f"{name}[{i}]")
+                    units.append(u)
+                    columns_t.append(t[:, i])
+                    columns_p.append(p[:, i])
+    targets = np.stack(columns_t, axis=1) if columns_t else np.zeros((len(times), 0), np.float32)
+    predictions = (
+        np.stack(columns_p, axis=1) if columns_p else np.zeros((len(times), 0), np.float32)
+    )
+
+    # --- splits, metrics, run ----------------------------------------------------------
+    splits: list[tuple[str, float, float]] = []
+    if "decoding_splits" in ifaces:
+        sp = ifaces["decoding_splits"]
+        names = [str(_text(s)) for s in _column(sp, "split")]
+        splits = [
+            (n, float(a), float(b))
+            for n, a, b in zip(
+                names, _column(sp, "start_time"), _column(sp, "stop_time"), strict=True
+            )
+        ]
+    metrics: list[dict[str, Any]] = []
+    if "decoding_metrics" in ifaces:
+        mt = ifaces["decoding_metrics"]
+        cols = {c: [_text(v) for v in _column(mt, c)] for c in mt.colnames}
+        metrics = [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+    run: dict[str, Any] = {}
+    if "decoding_run" in ifaces:
+        rt = ifaces["decoding_run"]
+        run = {c: _text(_column(rt, c)[0]) for c in rt.colnames}
+
+    # --- salience on the global ROIs ---------------------------------------------------
+    n_rois = int(offsets[-1])
+    n_ch = len(channels)
+    method = str(run.get("salience_method") or "salience")
+    if method in ("none", ""):
+        method = "salience"
+    index_of = {id(t): p for p, t in enumerate(tables)}
+    name_of = {t.name: p for p, t in enumerate(tables)}
+    sets: list[SalienceSet] = []
+    if sal_tables:
+        sal = np.full(n_rois, np.nan, dtype=np.float32)
+        rank = np.zeros(n_rois, dtype=np.int64)
+        width = int(np.shape(sal_tables[0]["salience_by_output"].data)[1]) if sal_tables else 0
+        by_out = np.full((n_rois, max(width, n_ch)), np.nan, dtype=np.float32)
+        n_t = len(times)
+        course = None
+        if n_t and n_t * n_rois <= MAX_TIMECOURSE_VALUES:
+            course = np.full((n_t, n_rois), np.nan, dtype=np.float32)
+        for t in sal_tables:
+            region = t["roi"]
+            p = index_of.get(id(region.table), name_of.get(region.table.name))
+            if p is None:
+                warnings.warn(
+                    f"{origin}: {t.name} refers to a ROI table that is not in the file; skipped",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
+            rois = offsets[p] + np.asarray(region.data[:], dtype=np.int64)
+            sal[rois] = _column(t, "salience")
+            b = np.asarray(_column(t, "salience_by_output"), dtype=np.float32)
+            by_out[rois, : b.reshape(len(rois), -1).shape[1]] = b.reshape(len(rois), -1)
+            if "rank" in t.colnames:
+                rank[rois] = _column(t, "rank")
+            cname = "salience_timecourse" + t.name[len("roi_salience") :]
+            if course is not None and cname in ifaces:
+                data = ifaces[cname].data
+                m = min(n_t, len(data))
+                course[:m, rois] = np.asarray(data[:m], dtype=np.float32).reshape(m, -1)
+        if width > n_ch:  # channel names unknown: number them
+            channels += [f"output[{i}]" for i in range(n_ch, width)]
+            units += [""] * (width - n_ch)
+        sets.append(SalienceSet(method, origin, sal, by_out, rank, course))
+    return ResultsData(
+        times=times,
+        channels=channels,
+        units=units,
+        targets=targets,
+        predictions=predictions,
+        splits=splits,
+        metrics=metrics,
+        run=run,
+        salience=sets,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# colouring
+# ----------------------------------------------------------------------------------------
+
+
+def paint(labels: np.ndarray, values: np.ndarray, *, background: float = np.nan) -> np.ndarray:
+    """Paint per-ROI ``values`` into the label volume (one gather through a look-up table).
+
+    Examples
+    --------
+    >>> paint(np.array([[0, 1], [2, 2]]), np.array([0.5, 2.0])).tolist()
+    [[nan, 0.5], [2.0, 2.0]]
+    """
+    lut = np.empty(len(values) + 1, dtype=np.float32)
+    lut[0] = background
+    lut[1:] = values
+    return lut[labels]
+
+
+def contrast_limits(values: np.ndarray) -> tuple[float, float]:
+    """``(0, max)`` of the finite values, ``(0, 1)`` when there are none.
+
+    Examples
+    --------
+    >>> contrast_limits(np.array([np.nan, 0.2, 0.8]))
+    (0.0, 0.8)
+    """
+    finite = values[np.isfinite(values)]
+    hi = float(finite.max()) if finite.size else 0.0
+    return (0.0, hi if hi > 0 else 1.0)
+
+
+def point_sizes(values: np.ndarray, vmax: float, diameter: float) -> np.ndarray:
+    """Ring sizes growing with the square root of salience, from 2 to 3.2 ROI diameters
+    (the ring's hole, half its size, leaves the ROI itself visible).
+
+    Examples
+    --------
+    >>> point_sizes(np.array([0.0, 1.0, np.nan]), 1.0, 10.0).tolist()
+    [20.0, 32.0, 20.0]
+    """
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0).clip(0, None)
+    frac = np.sqrt(v / vmax) if vmax > 0 else np.zeros_like(v)
+    return (2.0 + 1.2 * frac.clip(0, 1)) * diameter
+
+
+def _roi_diameter(labels: np.ndarray, n_rois: int) -> float:
+    """Median equivalent diameter of the drawn ROIs, in voxels."""
+    counts = np.bincount(labels.ravel(), minlength=n_rois + 1)[1:]
+    counts = counts[counts > 0]
+    area = float(np.median(counts)) if counts.size else 25.0
+    return float(2.0 * np.sqrt(area / np.pi))
+
+
+def _legend_text(values: np.ndarray, top: int = 10) -> np.ndarray:
+    text = np.full(len(values), "", dtype=object)
+    v = np.nan_to_num(values, nan=-np.inf)
+    order = np.argsort(-v, kind="stable")[:top]
+    order = order[np.isfinite(v[order]) & (v[order] > 0)]
+    for r, i in enumerate(order, start=1):
+        text[i] = f"#{r} {values[i]:.3g}"
+    return text
+
+
+def salient_points(
+    data: SessionData, values: np.ndarray, vmax: float
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Centroids and features of the salient ROIs: value >= 20 % of ``vmax``, at most the
+    :data:`MAX_POINTS` strongest (so the cost does not grow with the ROI count).
+
+    Examples
+    --------
+    >>> d = type("D", (), {"centroids": np.zeros((4, 3))})()
+    >>> _, f = salient_points(d, np.array([0.1, 1.0, np.nan, 0.5]), 1.0)
+    >>> f["roi"].tolist(), f["label"].tolist()
+    ([1, 3], ['#1 1', '#2 0.5'])
+    """
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v) & np.isfinite(data.centroids).all(axis=1)
+    keep = np.flatnonzero(finite & (v > 0) & (v >= MIN_POINT_FRACTION * vmax))
+    if len(keep) > MAX_POINTS:
+        keep = np.sort(keep[np.argsort(-v[keep], kind="stable")[:MAX_POINTS]])
+    feats = {
+        "roi": keep,
+        "salience": v[keep].astype(np.float32),
+        "label": _legend_text(v[keep]),
+    }
+    return data.centroids[keep], feats
+
+
+def colour_update(
+    data: SessionData, values: np.ndarray, *, limits: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """Everything that changes when the colouring changes, computed at once.
+
+    Returns a dict with ``volume`` (salience painted into the labels), ``contrast_limits``,
+    and for the centroid points ``points`` (coordinates), ``features`` and ``size`` (see
+    :func:`salient_points`). The Qt side only assigns them.
+    """
+    lim = limits or contrast_limits(values)
+    coords, feats = salient_points(data, values, lim[1])
+    return {
+        "volume": paint(data.labels, values),
+        "contrast_limits": lim,
+        "points": coords,
+        "features": feats,
+        "size": point_sizes(feats["salience"], lim[1], data.roi_diameter),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# layer data tuples
+# ----------------------------------------------------------------------------------------
+
+
+def _meta(data: SessionData, role: str, **extra: Any) -> dict[str, Any]:
+    return {META_KEY: {"role": role, "data": data, **extra}}
+
+
+def layer_role(metadata: dict[str, Any]) -> tuple[str | None, SessionData | None]:
+    """``(role, SessionData)`` of one of our layers from its metadata, else ``(None, None)``."""
+    info = metadata.get(META_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(info, dict):
+        return None, None
+    return info.get("role"), info.get("data")
+
+
+def _geo(data: SessionData) -> dict[str, Any]:
+    return {"scale": data.scale, "translate": data.translate}
+
+
+def _robust_limits(vol: np.ndarray) -> tuple[float, float]:
+    finite = vol[np.isfinite(vol)]
+    if finite.size == 0:
+        return (0.0, 1.0)
+    sample = finite[:: max(1, finite.size // 200_000)]
+    lo, hi = np.percentile(sample, [1.0, 99.7])
+    return (float(lo), float(hi if hi > lo else lo + 1.0))
+
+
+def labels_layer(data: SessionData, *, salience: np.ndarray | None = None) -> LayerDataTuple:
+    """Labels layer of all ROIs; hovering shows ROI, table and row in the status bar."""
+    n = data.n_rois
+    features: dict[str, Any] = {
+        "index": np.arange(n + 1),
+        "roi": np.concatenate([[-1], np.arange(n)]),
+        "table": np.concatenate([[""], np.asarray(data.plane_names, dtype=object)[data.roi_plane]]),
+        "row": np.concatenate([[-1], np.arange(n) - data.offsets[data.roi_plane]]),
+    }
+    if salience is not None:
+        features["salience"] = np.concatenate([[np.nan], salience]).astype(np.float32)
+    kwargs = {
+        "name": f"{data.name}: ROIs",
+        "opacity": 0.5,
+        # with salience, the salience layer shows the ROIs; the labels stay one click away
+        "visible": salience is None,
+        "features": features,
+        "metadata": _meta(data, "labels"),
+        **_geo(data),
+    }
+    return (data.labels, kwargs, "labels")
+
+
+def salience_image_layer(
+    data: SessionData, sset: SalienceSet, values: np.ndarray | None = None
+) -> LayerDataTuple:
+    """Image of salience painted into the ROI masks, continuous colormap, NaN outside."""
+    v = sset.values() if values is None else values
+    return (
+        paint(data.labels, v),
+        {
+            "name": f"{data.name}: salience ({sset.method})",
+            "colormap": SALIENCE_COLORMAP,
+            "contrast_limits": contrast_limits(v),
+            "blending": "translucent",
+            "metadata": _meta(data, "salience", method=sset.method),
+            **_geo(data),
+        },
+        "image",
+    )
+
+
+def points_layer(
+    data: SessionData, sset: SalienceSet, values: np.ndarray | None = None
+) -> LayerDataTuple:
+    """Centroids of the salient ROIs sized and coloured by salience (rings around the
+    ROIs); the top ten labelled with rank and value."""
+    v = sset.values() if values is None else values
+    lim = contrast_limits(v)
+    coords, feats = salient_points(data, v, lim[1])
+    return (
+        coords,
+        {
+            "name": f"{data.name}: salient ROIs",
+            "features": feats,
+            "size": point_sizes(feats["salience"], lim[1], data.roi_diameter),
+            "symbol": "ring",
+            "face_color": "salience",
+            "face_colormap": SALIENCE_COLORMAP,
+            "face_contrast_limits": lim,
+            "border_width": 0,
+            "opacity": 0.75,
+            "text": {
+                "string": "{label}",
+                "color": "#f0f0f0",
+                "size": 8,
+                "anchor": "upper_left",
+                "translation": [0.0, 1.2 * data.roi_diameter, 1.2 * data.roi_diameter],
+            },
+            "metadata": _meta(data, "points", method=sset.method),
+            **_geo(data),
+        },
+        "points",
+    )
+
+
+def session_layers(data: SessionData) -> list[LayerDataTuple]:
+    """All layers of a file: summary images (or an activity projection), ROI labels and,
+    with results, salience colouring and centroid points.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from nwb_llmdecode.synthetic import make_session
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.nwb"
+    >>> _ = make_session(p, frames=30, rois=6, planes=2, n_drivers=2)
+    >>> [t[2] for t in session_layers(read_source(p))]
+    ['image', 'image', 'labels']
+    """
+    layers: list[LayerDataTuple] = []
+    for i, (kind, vol) in enumerate(data.images.items()):
+        layers.append(
+            (
+                vol,
+                {
+                    "name": f"{data.name}: {kind} image",
+                    "colormap": "gray",
+                    "contrast_limits": _robust_limits(vol),
+                    "visible": i == 0,
+                    "metadata": _meta(data, "image", kind=kind),
+                    **_geo(data),
+                },
+                "image",
+            )
+        )
+    if not data.images and data.activity is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN ROIs
+            proj = np.nanstd(data.activity, axis=0)
+        vol = paint(data.labels, proj, background=0.0)
+        layers.append(
+            (
+                vol,
+                {
+                    "name": f"{data.name}: {data.activity_label} s.d. (no summary image)",
+                    "colormap": "gray",
+                    "contrast_limits": _robust_limits(vol),
+                    "metadata": _meta(data, "image", kind="activity projection"),
+                    **_geo(data),
+                },
+                "image",
+            )
+        )
+    sets = data.results.salience if data.results is not None else []
+    layers.append(labels_layer(data, salience=sets[0].values() if sets else None))
+    if sets:
+        layers.append(salience_image_layer(data, sets[0]))
+        layers.append(points_layer(data, sets[0]))
+    return layers
+
+
+# ----------------------------------------------------------------------------------------
+# what the explorer shows
+# ----------------------------------------------------------------------------------------
+
+
+def compatible(a: SessionData, b: SessionData) -> bool:
+    """Whether salience of ``b`` can be painted on the ROIs of ``a`` (same tables, sizes)."""
+    return a.roi_signature == b.roi_signature and a.labels.shape == b.labels.shape
+
+
+def roi_world_position(data: SessionData, roi: int) -> np.ndarray:
+    """World (z, y, x) of a ROI's centroid (physical units, as napari shows them)."""
+    return data.centroids[roi] * np.asarray(data.scale) + np.asarray(data.translate)
+
+
+def top_rows(
+    data: SessionData, sset: SalienceSet, *, channel: int | None = None, n: int = 50
+) -> dict[str, np.ndarray]:
+    """The ``n`` most salient ROIs under the chosen colouring, most salient first.
+
+    Returns columns ``rank`` (1 = most salient by the chosen values), ``roi``, ``plane``
+    (table name), ``salience`` (overall) and ``by_output`` (n, channels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> d = type("D", (), {"plane_names": ["a", "b"], "roi_plane": np.array([0, 0, 1])})()
+    >>> s = SalienceSet("m", "f", np.array([0.1, 0.9, 0.5]),
+    ...                 np.array([[0.1, 0.0], [0.2, 1.6], [0.9, 0.1]]), np.array([3, 1, 2]))
+    >>> top_rows(d, s, channel=0, n=2)["roi"].tolist()
+    [2, 1]
+    """
+    v = np.nan_to_num(sset.values(channel), nan=-np.inf)
+    order = np.argsort(-v, kind="stable")
+    order = order[np.isfinite(v[order])][:n]
+    return {
+        "rank": np.arange(1, len(order) + 1),
+        "roi": order,
+        "plane": np.asarray(data.plane_names, dtype=object)[data.roi_plane[order]],
+        "salience": np.asarray(sset.salience[order], dtype=np.float64),
+        "by_output": np.asarray(sset.by_output[order], dtype=np.float64),
+    }
+
+
+def trace_data(data: SessionData, roi: int, channel: int | None) -> dict[str, Any]:
+    """Arrays for the plot panel: the ROI's activity, target and prediction, split blocks.
+
+    Returns a dict with ``time`` and ``activity`` (the ROI), ``activity_label``, and when
+    the file has results ``results_time``, ``target``, ``prediction``, ``channel_name``,
+    ``unit`` and ``splits`` [(name, start_s, stop_s)].
+    """
+    out: dict[str, Any] = {"activity_label": data.activity_label, "roi": roi}
+    if data.activity is not None:
+        out["time"] = data.activity_times
+        out["activity"] = data.activity[:, roi]
+    elif data.activity_times is not None:
+        out["time"] = data.activity_times
+        out["activity"] = _read_trace(data, roi)
+    res = data.results
+    if res is not None and res.targets.shape[1] and channel is not None:
+        c = int(channel)
+        out.update(
+            results_time=res.times,
+            target=res.targets[:, c],
+            prediction=res.predictions[:, c],
+            channel_name=res.channels[c],
+            unit=res.units[c] if c < len(res.units) else "",
+            splits=list(res.splits),
+        )
+    return out
+
+
+def _read_trace(data: SessionData, roi: int) -> np.ndarray:
+    """One ROI's trace from the source (for sessions too large to keep in memory)."""
+    from nwb_llmdecode.io.read import inventory
+    from nwb_llmdecode.io.sources import open_nwb
+
+    n = len(data.activity_times) if data.activity_times is not None else 0
+    for info in data.activity_series:
+        if roi in info["roi"]:
+            col = info["roi"].index(roi)
+            with open_nwb(data.source) as src:
+                series = inventory(src).objects[info["path"]]
+                return np.asarray(series.data[:n, col], dtype=np.float32)
+    return np.full(n, np.nan, dtype=np.float32)
+
+
+def roi_on_ray(data: SessionData, origin: np.ndarray, direction: np.ndarray) -> int | None:
+    """The ROI whose centroid lies closest to a viewing ray (3D clicks), within one ROI
+    diameter; the nearest to the viewer wins among those. World (z, y, x) coordinates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> d = type("D", (), {})()
+    >>> d.centroids = np.array([[0.0, 5, 5], [1.0, 20, 20]])
+    >>> d.scale, d.translate, d.roi_diameter = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), 4.0
+    >>> roi_on_ray(d, np.array([-10.0, 20, 21]), np.array([1.0, 0, 0]))
+    1
+    """
+    world = data.centroids * np.asarray(data.scale) + np.asarray(data.translate)
+    ok = np.isfinite(world).all(axis=1)
+    u = np.asarray(direction, dtype=np.float64)
+    u = u / max(float(np.linalg.norm(u)), 1e-12)
+    rel = world - np.asarray(origin, dtype=np.float64)
+    along = rel @ u
+    dist = np.linalg.norm(rel - along[:, None] * u, axis=1)
+    radius = data.roi_diameter * float(np.min(np.asarray(data.scale)[1:]))
+    hit = np.flatnonzero(ok & (dist <= radius))
+    if not hit.size:
+        return None
+    return int(hit[np.argmin(along[hit])])
