@@ -129,6 +129,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 _FIT_KEYS = (
     "backbone", "init", "train_mode", "embedding", "seq_len", "epochs", "batch_size", "lr",
     "seed", "device", "quantize", "gradient_checkpointing", "trust_remote_code", "patience",
+    "salience",
 )
 
 
@@ -185,7 +186,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .pipeline import fit
 
     config, job = _fit_config(args)
-    progress = _TqdmProgress(enabled=not args.quiet)
+    progress = _TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         report = fit(
             args.source,
@@ -196,16 +197,47 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             in_place=args.in_place,
             overwrite=args.overwrite,
             cache_dir=args.cache_dir,
+            ablation=_csv(args.ablation, int),
             progress=progress,
         )
     finally:
         progress.close()
     stream = sys.stderr if args.json else sys.stdout
+    if report.results is not None and report.results.ablation:
+        _print_ablation(report.results.ablation, stream)
     print(f"\nwrote {report.output}" + (f" (decoder: {report.checkpoint})" if report.checkpoint else ""),
           file=stream)
     _print_metrics(report.metrics, stream)
     if args.json:
         print(report.to_json())
+    return 0
+
+
+def _print_ablation(rows: list[dict[str, Any]], stream: Any) -> None:
+    import numpy as np
+
+    summary = []
+    for k in sorted({r["k"] for r in rows}):
+        sal = [r["delta_rmse"] for r in rows if r["k"] == k and r["kind"] == "salient"]
+        rnd = [r["delta_rmse"] for r in rows if r["k"] == k and r["kind"] == "random"]
+        summary.append({"k": k, "salient_delta_rmse": float(np.mean(sal)),
+                        "random_delta_rmse": float(np.mean(rnd)) if rnd else None,
+                        "random_draws": len(rnd)})
+    print("\nAblation check (test RMSE increase)", file=stream)
+    print(_table(summary, ["k", "salient_delta_rmse", "random_delta_rmse", "random_draws"]),
+          file=stream)
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .pipeline import ABLATION_KS, ablate
+
+    rows = ablate(args.results, checkpoint=args.checkpoint,
+                  ks=_csv(args.k, int) or ABLATION_KS, draws=args.draws)
+    stream = sys.stderr if args.json else sys.stdout
+    _print_ablation(rows, stream)
+    print(f"wrote processing/llmdecode/salience_ablation into {args.results}", file=stream)
+    if args.json:
+        print(json.dumps({"results": str(args.results), "ablation": rows}))
     return 0
 
 
@@ -224,6 +256,40 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     print(f"wrote {report.output}", file=stream)
     _print_metrics(report.metrics, stream)
+    if args.json:
+        print(report.to_json())
+    return 0
+
+
+def _csv(text: str | None, cast: Any = str) -> tuple[Any, ...] | None:
+    return None if text is None else tuple(cast(v.strip()) for v in text.split(",") if v.strip())
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import CompareGrid, run_compare
+
+    base, job = _fit_config(args)
+    defaults = CompareGrid()
+    grid = CompareGrid(
+        models=_csv(args.models) or defaults.models,
+        inits=_csv(args.init_list) or defaults.inits,
+        seq_lens=_csv(args.seq_lens, int) or defaults.seq_lens,
+        embeddings=_csv(args.embeddings) or defaults.embeddings,
+        train_modes=_csv(args.train_modes) or defaults.train_modes,
+        seeds=args.seeds if args.seeds is not None else defaults.seeds,
+    )
+    progress = _TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
+    try:
+        report = run_compare(
+            args.source, grid=grid, base=base, report_dir=args.report,
+            rois=args.rois or job.get("rois"), behavior=args.behavior or job.get("behavior"),
+            resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    stream = sys.stderr if args.json else sys.stdout
+    print(f"wrote {report.html} ({len(report.results)} runs)", file=stream)
     if args.json:
         print(report.to_json())
     return 0
@@ -333,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--quantize", choices=["4bit", "8bit"], help="load the backbone quantised")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    g = p.add_argument_group("salience")
+    g.add_argument("--salience",
+                   choices=["integrated-gradients", "saliency", "grad-x-input", "none"],
+                   help="attribution per ROI and frame on the test block "
+                   "(default integrated-gradients)")
+    g.add_argument("--ablation", nargs="?", const="10,50,100", default=None, metavar="K,K,...",
+                   help="ablate the top-k salient vs k random ROIs (default k: 10,50,100)")
     g = p.add_argument_group("output")
     g.add_argument("--out", help="output file (default <stem>_desc-llmdecode.nwb)")
     g.add_argument("--in-place", action="store_true", help="add results to the source file")
@@ -342,6 +415,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a JSON summary as the last line of stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("compare", help="run a grid of decoders and seeds; write a report")
+    p.add_argument("source", help="NWB file, URL or DANDI identifier")
+    _selection_args(p)
+    p.add_argument("--models", help="comma-separated backbones and baselines "
+                   "(default minilm,ridge,lstm,reservoir)")
+    p.add_argument("--init", dest="init_list", help="pretrained,random (default both)")
+    p.add_argument("--seq-len", dest="seq_lens", help="comma-separated (default 5,10,20)")
+    p.add_argument("--embedding", dest="embeddings", help="linear,positional (default linear)")
+    p.add_argument("--train-mode", dest="train_modes", help="frozen,lora,full (default frozen)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default 3)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int, help="first seed")
+    p.add_argument("--device")
+    p.add_argument("--split", help="train,validation,test fractions")
+    p.add_argument("--config", help="TOML or YAML file of fit options")
+    p.add_argument("--report", default="compare-report", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted comparison")
+    p.add_argument("--overwrite", action="store_true", help="start again in --report")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("ablate", help="the ablation check on a results file")
+    p.add_argument("results", help="a *_desc-llmdecode.nwb file written by fit with salience")
+    p.add_argument("--checkpoint", help="decoder directory (default <results stem>_checkpoint)")
+    p.add_argument("--k", help="comma-separated numbers of ROIs (default 10,50,100)")
+    p.add_argument("--draws", type=int, default=5, help="random draws per k")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser("predict", help="apply a saved decoder to another session")
     p.add_argument("checkpoint", help="the *_checkpoint directory written by fit")

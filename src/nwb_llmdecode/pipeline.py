@@ -23,7 +23,10 @@ from .io.read import RESULTS_MODULE, read_session
 from .io.sources import is_remote, open_nwb
 from .io.write import DecodingResults, check_output, default_output_path, write_derived, write_in_place
 
-__all__ = ["FitReport", "fit", "predict"]
+__all__ = ["FitReport", "ablate", "explain", "fit", "predict"]
+
+#: Default numbers of ROIs ablated by the ablation check.
+ABLATION_KS = (10, 50, 100)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,7 @@ def fit(
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     checkpoint: bool = True,
+    ablation: Sequence[int] | None = None,
     progress: Progress | None = None,
 ) -> FitReport:
     """Train a behaviour decoder on an NWB session and write the results as NWB.
@@ -153,6 +157,9 @@ def fit(
         Block cache for remote sources.
     checkpoint
         Save the trained decoder next to the output (``<out stem>_checkpoint/``).
+    ablation
+        Numbers of ROIs for the ablation check (e.g. ``(10, 50, 100)``); ``None`` skips it.
+        Needs salience (``config.salience`` other than ``"none"``).
     progress
         ``progress(stage, done, total)`` callback.
 
@@ -192,6 +199,9 @@ def fit(
         )
 
     result = fit_arrays(activity, behaviour, config=config, progress=progress)
+    salience, ablation_rows = explain(
+        result, activity, behaviour, method=config.salience, ablation=ablation, progress=progress
+    )
 
     run = {
         "backbone": config.backbone,
@@ -200,7 +210,7 @@ def fit(
         "seq_len": int(config.seq_len),
         "epochs": int(len(result.history)) if result.history else int(config.epochs),
         "seed": int(config.seed),
-        "salience_method": "none",
+        "salience_method": config.salience if salience is not None else "none",
         "package_version": __version__,
         "device": str(result.device),
         "duration_s": float(result.duration_s),
@@ -212,6 +222,8 @@ def fit(
         splits=list(result.splits),
         metrics=list(result.metrics),
         run=run,
+        salience=salience,
+        ablation=ablation_rows,
     )
     if progress:
         progress("write results", 0, 1)
@@ -251,6 +263,68 @@ def fit(
     )
 
 
+def _test_block(result: Any) -> Any:
+    return next(b for b in result.blocks if b.name == "test")
+
+
+def _ablation_rmse(result: Any, z: np.ndarray, behaviour: np.ndarray, block: Any) -> Callable:
+    """``evaluate(rois)``: test RMSE (mean over channels) with ``rois`` at their training
+    mean (0 in normalised space)."""
+    from .engine import predict_blocks
+
+    target = behaviour[block.start : block.stop]
+
+    def evaluate(rois: np.ndarray) -> float:
+        zz = z.copy()
+        zz[:, np.asarray(rois, dtype=np.int64)] = 0.0
+        pred_n = predict_blocks(result.model, zz, [block], seq_len=result.config.seq_len,
+                                batch_size=result.config.eval_batch_size)
+        pred = result.normalization.behavior_units(pred_n)[block.start : block.stop]
+        err = (pred - target) ** 2
+        return float(np.mean(np.sqrt(np.nanmean(err, axis=0))))
+
+    return evaluate
+
+
+def explain(
+    result: Any,
+    activity: np.ndarray,
+    behaviour: np.ndarray,
+    *,
+    method: str = "integrated-gradients",
+    ablation: Sequence[int] | None = None,
+    draws: int = 5,
+    progress: Progress | None = None,
+) -> tuple[Any, list[dict[str, Any]] | None]:
+    """Salience of a fitted decoder on its test block, and optionally the ablation check.
+
+    Returns ``(salience Dataset or None, ablation rows or None)``. Closed-form baselines
+    (ridge, reservoir) have no gradients: their salience is ``None`` (logged).
+    """
+    import torch
+
+    from .salience import ablation_check, compute_salience
+
+    if method == "none":
+        return None, None
+    if not isinstance(result.model, torch.nn.Module):
+        log.warning("salience skipped: the %s baseline has no gradients", result.config.backbone)
+        return None, None
+    block = _test_block(result)
+    z = result.normalization.activity(activity)
+    sal = compute_salience(
+        result.model, z, block=(block.start, block.stop), seq_len=result.config.seq_len,
+        method=method, batch_size=result.config.batch_size, device=str(result.device),
+        progress=progress,
+    )
+    rows = None
+    if ablation:
+        rows = ablation_check(_ablation_rmse(result, z, behaviour, block),
+                              sal["salience"].values, ks=ablation, draws=draws,
+                              seed=result.config.seed)
+    return sal, rows
+
+
 def predict(
     checkpoint: str | os.PathLike[str],
     source: str | os.PathLike[str],
@@ -266,8 +340,8 @@ def predict(
 
     The whole session is predicted and evaluated as one block (split ``all``).
     """
-    from .engine import load_checkpoint, predict_arrays
-    from .engine.evaluate import channel_metrics
+    from .engine import compute_metrics, load_checkpoint, predict_arrays
+    from .windows import Block
 
     t0 = time.perf_counter()
     ckpt = Path(checkpoint)
@@ -288,7 +362,7 @@ def predict(
     activity = np.asarray(ds["activity"].values, dtype=np.float32)
     predictions = predict_arrays(model, activity, progress=progress)
     behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
-    metrics = channel_metrics(predictions, behaviour, [("all", 0, len(behaviour))])
+    metrics = compute_metrics(predictions, behaviour, [Block("all", 0, len(behaviour))])
     cfg = model.config
     results = DecodingResults(
         session=ds,
@@ -318,3 +392,71 @@ def predict(
         duration_s=time.perf_counter() - t0,
         results=results,
     )
+
+
+def ablate(
+    results_path: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    ks: Sequence[int] = ABLATION_KS,
+    draws: int = 5,
+    write: bool = True,
+) -> list[dict[str, Any]]:
+    """The ablation check on a results file written by ``fit`` (with salience).
+
+    Reads the session, the ``roi_salience`` tables and the test block from the results
+    file, loads the decoder from ``<stem>_checkpoint/`` beside it, and writes the
+    ``salience_ablation`` table into the results file (atomically).
+    """
+    from .engine import load_checkpoint
+    from .io.write import write_ablation
+    from .windows import Block
+
+    path = Path(results_path)
+    ckpt_dir = Path(checkpoint) if checkpoint else path.with_name(f"{path.stem}_checkpoint")
+    if not ckpt_dir.is_dir():
+        raise DataError(
+            f"{path}: no decoder checkpoint at {ckpt_dir}; give it with --checkpoint "
+            "(fit writes <results stem>_checkpoint/ beside the results)"
+        )
+    meta_path = ckpt_dir / "session.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    with open_nwb(path) as src:
+        ds = read_session(src, rois=meta.get("roi_series"), behavior=meta.get("behavior_series"))
+        if RESULTS_MODULE not in src.nwbfile.processing:
+            raise DataError(f"{path}: no processing/{RESULTS_MODULE} module; run fit first")
+        module = src.nwbfile.processing[RESULTS_MODULE]
+        tables = [n for n in module.data_interfaces if n.startswith("roi_salience")]
+        if not tables:
+            raise DataError(
+                f"{path}: no roi_salience table in processing/{RESULTS_MODULE}; fit with "
+                "--salience to compute it"
+            )
+        salience = np.full(ds.sizes["roi"], np.nan)
+        planes, rows = ds["plane"].values, ds["roi_row"].values
+        for name in tables:
+            t = module[name]
+            region = t["roi"]
+            plane = region.table.name
+            for row, value in zip(region.data[:], t["salience"].data[:], strict=True):
+                salience[(planes == plane) & (rows == int(row))] = float(value)
+        splits = module["decoding_splits"].to_dataframe()
+    test = splits[splits["split"] == "test"].iloc[0]
+    times = ds["time"].values
+    start = int(np.searchsorted(times, test["start_time"] - 1e-9))
+    stop = int(np.searchsorted(times, test["stop_time"] - 1e-9))
+    ckpt = load_checkpoint(ckpt_dir)
+    if ckpt.n_rois != ds.sizes["roi"]:
+        raise DataError(f"{ckpt_dir}: decoder of {ckpt.n_rois} ROIs, results of {ds.sizes['roi']}")
+    activity = np.asarray(ds["activity"].values, dtype=np.float32)
+    behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
+    z = ckpt.normalization.activity(activity)
+    from .salience import ablation_check
+
+    rows_out = ablation_check(
+        _ablation_rmse(ckpt, z, behaviour, Block("test", start, stop)),
+        np.nan_to_num(salience, nan=-np.inf), ks=ks, draws=draws, seed=ckpt.config.seed,
+    )
+    if write:
+        write_ablation(path, rows_out)
+    return rows_out

@@ -38,6 +38,7 @@ from .sources import NWBSource
 __all__ = [
     "DecodingResults",
     "default_output_path",
+    "write_ablation",
     "write_derived",
     "write_in_place",
 ]
@@ -526,26 +527,49 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
     if results.salience is not None:
         _add_salience(module, results, ps_by_path, times, channel_names)
     if results.ablation:
-        rows = results.ablation
-        module.add(
-            DynamicTable(
-                name="salience_ablation",
-                description="Test RMSE after replacing k ROIs by their training mean: the "
-                "top-k salient ROIs vs k random ROIs (several draws).",
-                columns=[
-                    VectorData(name="k", description="ROIs ablated", data=[int(r["k"]) for r in rows]),
-                    VectorData(name="kind", description="salient or random",
-                               data=[str(r["kind"]) for r in rows]),
-                    VectorData(name="draw", description="random draw (0 for salient)",
-                               data=[int(r["draw"]) for r in rows]),
-                    VectorData(name="rmse", description="test RMSE after ablation",
-                               data=[float(r["rmse"]) for r in rows]),
-                    VectorData(name="delta_rmse", description="increase over the intact model",
-                               data=[float(r["delta_rmse"]) for r in rows]),
-                ],
-            )
-        )
+        module.add(_ablation_table(results.ablation))
     return module
+
+
+def _ablation_table(rows: Sequence[dict[str, Any]]) -> Any:
+    from hdmf.common import DynamicTable, VectorData
+
+    return DynamicTable(
+        name="salience_ablation",
+        description="Test RMSE after replacing k ROIs by their training mean: the top-k "
+        "salient ROIs vs k random ROIs (several draws).",
+        columns=[
+            VectorData(name="k", description="ROIs ablated", data=[int(r["k"]) for r in rows]),
+            VectorData(name="kind", description="salient or random",
+                       data=[str(r["kind"]) for r in rows]),
+            VectorData(name="draw", description="random draw (0 for salient)",
+                       data=[int(r["draw"]) for r in rows]),
+            VectorData(name="rmse", description="test RMSE after ablation (mean over channels)",
+                       data=[float(r["rmse"]) for r in rows]),
+            VectorData(name="delta_rmse", description="increase over the intact model",
+                       data=[float(r["delta_rmse"]) for r in rows]),
+        ],
+    )
+
+
+def write_ablation(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
+    """Put (or replace) the ``salience_ablation`` table of a results file, atomically."""
+    import h5py
+    from pynwb import NWBHDF5IO
+
+    path = Path(path)
+    with _atomic_target(path) as tmp:
+        shutil.copy2(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            if f"processing/{RESULTS_MODULE}" not in f:
+                raise SourceError(f"{path}: no processing/{RESULTS_MODULE} module; run fit first")
+            if f"processing/{RESULTS_MODULE}/salience_ablation" in f:
+                del f[f"processing/{RESULTS_MODULE}/salience_ablation"]
+        with NWBHDF5IO(str(tmp), "a") as io:
+            nwbfile = io.read()
+            nwbfile.processing[RESULTS_MODULE].add(_ablation_table(rows))
+            io.write(nwbfile)
+    return path
 
 
 def _add_salience(
