@@ -274,8 +274,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         models=_csv(args.models) or defaults.models,
         inits=_csv(args.init_list) or defaults.inits,
         seq_lens=_csv(args.seq_lens, int) or defaults.seq_lens,
-        embeddings=_csv(args.embeddings) or defaults.embeddings,
-        train_modes=_csv(args.train_modes) or defaults.train_modes,
+        embeddings=_csv(args.embeddings) or (base.embedding,),
+        train_modes=_csv(args.train_modes) or (base.train_mode,),
         seeds=args.seeds if args.seeds is not None else defaults.seeds,
     )
     progress = _TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
