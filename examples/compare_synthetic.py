@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="llmdecode-compare-"))
     work.mkdir(parents=True, exist_ok=True)
-    size = dict(frames=400, rois=40) if args.fast else dict(frames=1200, rois=100)
+    size = dict(frames=300, rois=24) if args.fast else dict(frames=1200, rois=100)
     truth = make_session(work / "session.nwb", planes=2, seed=0, overwrite=True, **size)
     grid = CompareGrid(
         models=("minilm", "ridge", "lstm", "reservoir"),
@@ -34,7 +34,7 @@ def main() -> None:
         seq_lens=(5,) if args.fast else (5, 10),
         seeds=2 if args.fast else 3,
     )
-    base = FitConfig(epochs=2 if args.fast else 15)
+    base = FitConfig(epochs=1 if args.fast else 15)
     report = run_compare(truth.path, grid=grid, base=base, report_dir=work / "report",
                          overwrite=True)
     summary = report.results.groupby("model")["test_r2_mean"].agg(["mean", "count"])

@@ -29,7 +29,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     # 1. A session with 10 planted driver ROIs that determine the tail angles.
-    size = dict(frames=600, rois=60, planes=2) if args.fast else dict(frames=2000, rois=200, planes=2)
+    size = dict(frames=300, rois=30, planes=2) if args.fast else dict(frames=2000, rois=200, planes=2)
     truth = make_session(work / "session.nwb", seed=0, overwrite=True, **size)
     print(f"session: {truth.path} ({truth.n_rois} ROIs, {truth.n_frames} frames); "
           f"drivers {truth.driver_rois.tolist()}")
@@ -39,7 +39,9 @@ def main() -> None:
     print(ds)
 
     # 3. Fit the default decoder (MiniLM backbone, offline) and compute salience.
-    config = FitConfig(epochs=3 if args.fast else 30, salience="integrated-gradients")
+    # fast mode (CI): two epochs and the cheaper grad x input attribution
+    config = FitConfig(epochs=2 if args.fast else 30,
+                       salience="grad-x-input" if args.fast else "integrated-gradients")
     report = fit(truth.path, config=config, overwrite=True)
     print(f"\nresults: {report.output}")
     for m in report.metrics:

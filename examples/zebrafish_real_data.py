@@ -144,7 +144,9 @@ def main() -> None:
 
     session = work / "legare2025_fish6_simulated.nwb"
     drivers = build_session(args.data, session, frame_rate=args.frame_rate)
-    config = FitConfig(epochs=3 if args.fast else 30, salience="integrated-gradients")
+    # fast mode (CI): two epochs and the cheaper grad x input attribution
+    config = FitConfig(epochs=1 if args.fast else 30,
+                       salience="grad-x-input" if args.fast else "integrated-gradients")
     report = fit(session, config=config, overwrite=True)
     print(f"results: {report.output}")
     for m in report.metrics:
