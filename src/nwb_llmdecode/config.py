@@ -1,0 +1,324 @@
+"""Run options of a decoding fit, as one validated, frozen, JSON-serialisable object.
+
+:class:`FitConfig` holds every option of :func:`nwb_llmdecode.engine.fit_arrays`. Values are
+checked in ``__post_init__``; a bad value raises :class:`~nwb_llmdecode.errors.ConfigError`
+that quotes it. ``to_json`` / ``from_json`` round-trip exactly, so the effective
+configuration can be stored with results and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "BACKBONE_ALIASES",
+    "BASELINE_NAMES",
+    "DEVICES",
+    "EMBEDDINGS",
+    "INITS",
+    "QUANTIZE",
+    "SALIENCE_METHODS",
+    "TRAIN_MODES",
+    "FitConfig",
+]
+
+#: Packaged offline backbones, by alias.
+BACKBONE_ALIASES: tuple[str, ...] = ("minilm", "smollm2")
+#: Baseline decoders selected through ``backbone``.
+BASELINE_NAMES: tuple[str, ...] = ("ridge", "lstm", "reservoir")
+INITS: tuple[str, ...] = ("pretrained", "random")
+TRAIN_MODES: tuple[str, ...] = ("frozen", "lora", "full")
+EMBEDDINGS: tuple[str, ...] = ("linear", "positional")
+QUANTIZE: tuple[str | None, ...] = (None, "4bit", "8bit")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+SALIENCE_METHODS: tuple[str, ...] = ("integrated-gradients", "saliency", "grad-x-input", "none")
+
+
+def _default_ridge_alphas() -> tuple[float, ...]:
+    return tuple(float(10.0**e) for e in range(-2, 6))
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every option of a decoding fit.
+
+    Parameters
+    ----------
+    backbone
+        ``"minilm"`` (default, offline BERT-family MiniLM-L6), ``"smollm2"`` (offline
+        Llama-family SmolLM2-135M, GGUF), a HuggingFace model id or a local model
+        directory, or a baseline: ``"ridge"``, ``"lstm"``, ``"reservoir"``.
+    init
+        ``"pretrained"`` weights or ``"random"`` (same architecture from its config; the
+        control that tells whether pre-training helps).
+    train_mode
+        ``"full"`` (default: backbone fine-tuned with its own, smaller learning rate),
+        ``"lora"`` (LoRA adapters on the attention projections) or ``"frozen"`` (backbone
+        weights fixed; gradients still flow through it to the input embedding). Full
+        fine-tuning is the default because it decodes best on our synthetic benchmark
+        (``benchmarks/RESULTS.md``) at MiniLM size on a CPU: the frozen MiniLM's last
+        layer does not keep per-frame content linearly readable.
+    embedding
+        Input embedding: ``"linear"`` (Linear ROIs -> hidden) or ``"positional"`` (the
+        same plus a learned position table initialised with sinusoids).
+    seq_len
+        Window length in imaging frames; also the gap between train/validation/test.
+    epochs
+        Maximum number of passes over the training windows.
+    batch_size
+        Windows per optimisation step.
+    lr
+        Learning rate of the new layers (input embedding, output head; LSTM weights).
+    backbone_lr
+        Learning rate of the backbone weights (``full``) or of the LoRA adapters.
+    weight_decay
+        AdamW decoupled weight decay of all trained weights.
+    embedding_l2
+        Penalty ``embedding_l2 * mean(W**2) * n_rois`` on the input projection added to
+        the loss: a ridge-like prior that keeps the decoder from fitting noise in the many
+        ROIs that carry no behaviour signal.
+    input_dropout
+        Dropout on the normalised activity during training (whole ROI values).
+    patience
+        Stop after this many epochs without a lower validation loss; the best state is
+        restored.
+    min_epochs
+        Never stop before this many epochs.
+    train_stride
+        Step in frames between consecutive training windows.
+    max_windows_per_epoch
+        Use at most this many (randomly chosen) training windows per epoch.
+    eval_batch_size
+        Windows per batch when predicting (no gradients).
+    seed
+        Seed of weight initialisation, data order and dropout.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    quantize
+        ``None``, ``"4bit"`` or ``"8bit"`` loading of the backbone (bitsandbytes, CUDA).
+    gradient_checkpointing
+        Trade compute for memory in the backbone.
+    trust_remote_code
+        Allow a hub model to run its own code. Never on unless asked for.
+    split
+        Fractions (train, validation, test) of the frames, in time order.
+    lora_r, lora_alpha, lora_dropout
+        LoRA rank, scaling and dropout.
+    ridge_alphas
+        Ridge penalties tried on the validation block (ridge baseline, reservoir readout).
+    ridge_lags
+        Number of time lags (0 .. ridge_lags-1 frames) of the ridge baseline; ``None``
+        chooses it on the validation block among counts up to ``seq_len``.
+    lstm_hidden, lstm_layers
+        Size of the LSTM baseline.
+    reservoir_size, spectral_radius, reservoir_leak, reservoir_input_scale
+        Echo-state network baseline: units, spectral radius (< 1), leak rate and scale of
+        the random input weights.
+    salience
+        Attribution method used by the salience step: ``"integrated-gradients"``,
+        ``"saliency"``, ``"grad-x-input"`` or ``"none"``.
+
+    Examples
+    --------
+    >>> cfg = FitConfig(epochs=5)
+    >>> FitConfig.from_json(cfg.to_json()) == cfg
+    True
+    >>> cfg.replace(backbone="ridge").backbone
+    'ridge'
+    """
+
+    backbone: str = "minilm"
+    init: str = "pretrained"
+    train_mode: str = "full"
+    embedding: str = "linear"
+    seq_len: int = 20
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4
+    weight_decay: float = 0.0
+    embedding_l2: float = 1e-2
+    input_dropout: float = 0.0
+    patience: int = 5
+    min_epochs: int = 1
+    train_stride: int = 1
+    max_windows_per_epoch: int | None = None
+    eval_batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    quantize: str | None = None
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    ridge_alphas: tuple[float, ...] = field(default_factory=_default_ridge_alphas)
+    ridge_lags: int | None = None
+    lstm_hidden: int = 128
+    lstm_layers: int = 1
+    reservoir_size: int = 500
+    spectral_radius: float = 0.9
+    reservoir_leak: float = 1.0
+    reservoir_input_scale: float = 1.0
+    salience: str = "integrated-gradients"
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        # JSON gives lists: store tuples so that equality and hashing work.
+        object.__setattr__(self, "split", tuple(self._seq("split", self.split)))
+        object.__setattr__(
+            self, "ridge_alphas", tuple(self._seq("ridge_alphas", self.ridge_alphas))
+        )
+        self._check_choice("init", INITS)
+        self._check_choice("train_mode", TRAIN_MODES)
+        self._check_choice("embedding", EMBEDDINGS)
+        self._check_choice("quantize", QUANTIZE)
+        self._check_choice("salience", SALIENCE_METHODS)
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            self._bad("backbone", "a backbone name, HuggingFace model id or local directory")
+        dev = self.device
+        if not isinstance(dev, str) or not (
+            dev in DEVICES or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
+            self._bad("device", "one of auto, cpu, cuda, cuda:N")
+        for name in ("seq_len", "epochs", "batch_size", "eval_batch_size", "train_stride"):
+            self._check_int(name, 1)
+        for name in ("lora_r", "lstm_hidden", "lstm_layers", "reservoir_size", "min_epochs"):
+            self._check_int(name, 1)
+        self._check_int("patience", 0)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            self._bad("seed", "an integer")
+        if self.max_windows_per_epoch is not None:
+            self._check_int("max_windows_per_epoch", 1)
+        if self.ridge_lags is not None:
+            self._check_int("ridge_lags", 1)
+            if self.ridge_lags > self.seq_len:
+                self._bad("ridge_lags", f"at most seq_len ({self.seq_len}) or None")
+        for name in ("lr", "backbone_lr", "lora_alpha", "reservoir_input_scale"):
+            self._check_float(name, positive=True)
+        for name in ("weight_decay", "embedding_l2"):
+            self._check_float(name, positive=False)
+        for name in ("input_dropout", "lora_dropout"):
+            self._check_float(name, positive=False)
+            if getattr(self, name) >= 1.0:
+                self._bad(name, "a number in [0, 1)")
+        self._check_float("spectral_radius", positive=True)
+        if self.spectral_radius >= 1.0:
+            self._bad("spectral_radius", "a number in (0, 1) (echo-state property)")
+        self._check_float("reservoir_leak", positive=True)
+        if self.reservoir_leak > 1.0:
+            self._bad("reservoir_leak", "a number in (0, 1]")
+        if len(self.split) != 3 or any(
+            not _is_number(f) or not math.isfinite(f) or f <= 0 for f in self.split
+        ):
+            self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
+        if abs(sum(self.split) - 1.0) > 1e-6:
+            self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
+        if not self.ridge_alphas or any(
+            not _is_number(a) or not math.isfinite(a) or a <= 0 for a in self.ridge_alphas
+        ):
+            self._bad("ridge_alphas", "a non-empty list of positive numbers")
+        for name in ("gradient_checkpointing", "trust_remote_code"):
+            if not isinstance(getattr(self, name), bool):
+                self._bad(name, "true or false")
+        if self.quantize is not None and self.train_mode == "full":
+            raise ConfigError(
+                f"quantize={self.quantize!r} cannot be combined with train_mode='full' "
+                "(quantised weights are not trainable); use train_mode 'lora' or 'frozen'"
+            )
+        if self.quantize is not None and self.device == "cpu":
+            raise ConfigError(
+                f"quantize={self.quantize!r} needs a CUDA device (bitsandbytes); got device='cpu'"
+            )
+
+    # ------------------------------------------------------------------------------------
+    def _bad(self, name: str, expected: str) -> None:
+        raise ConfigError(f"{name}={getattr(self, name)!r} is not valid: expected {expected}")
+
+    def _check_choice(self, name: str, choices: tuple[Any, ...]) -> None:
+        if getattr(self, name) not in choices:
+            self._bad(name, "one of " + ", ".join(str(c) for c in choices))
+
+    def _check_int(self, name: str, minimum: int) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            self._bad(name, f"an integer >= {minimum}")
+
+    def _check_float(self, name: str, *, positive: bool) -> None:
+        v = getattr(self, name)
+        if not _is_number(v) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+            self._bad(name, "a positive number" if positive else "a number >= 0")
+
+    @staticmethod
+    def _seq(name: str, v: Any) -> list[Any]:
+        if isinstance(v, str | bytes) or not hasattr(v, "__iter__"):
+            raise ConfigError(f"{name}={v!r} is not valid: expected a list of numbers")
+        return list(v)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def is_baseline(self) -> bool:
+        """True for the ``ridge``, ``lstm`` and ``reservoir`` baselines."""
+        return self.backbone in BASELINE_NAMES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of JSON types (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The configuration as a JSON object (keyword arguments go to ``json.dumps``)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FitConfig:
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming them.
+
+        Dashes in keys are accepted for underscores (``seq-len`` as in the CLI).
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"configuration must be a mapping of options, got {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {str(k).replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(map(repr, unknown))}; known options: "
+                + ", ".join(sorted(known))
+            )
+        try:
+            return cls(**kw)
+        except TypeError as e:  # pragma: no cover - all fields have defaults
+            raise ConfigError(f"configuration {dict(data)!r}: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> FitConfig:
+        """Inverse of :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"configuration is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> FitConfig:
+        """A copy with some options changed (validated again)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -1,0 +1,241 @@
+"""The LLM decoder: input embedding -> backbone(inputs_embeds) -> Linear head, seq-to-seq.
+
+``Decoder.forward(x)`` takes a batch of windows of normalised activity, shape
+(batch, seq_len, n_rois), float32, and returns behaviour for every frame of every window,
+shape (batch, seq_len, n_channels), float32. Salience methods (captum) call it directly.
+
+:func:`build_model` turns a :class:`~nwb_llmdecode.config.FitConfig` into the model the
+engine trains: a :class:`Decoder` around a transformer backbone, an
+:class:`~nwb_llmdecode.models.baselines.LSTMDecoder`, or a closed-form baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import FitConfig
+from .backbones import Backbone, apply_train_mode, load_backbone
+from .baselines import LSTMDecoder, ReservoirDecoder, RidgeDecoder
+from .embeddings import LinearEmbedding, build_embedding
+
+__all__ = ["Decoder", "Model", "build_model"]
+
+log = logging.getLogger(__name__)
+
+Model = nn.Module | RidgeDecoder | ReservoirDecoder
+"""Anything :func:`build_model` returns."""
+
+
+class Decoder(nn.Module):
+    """Behaviour decoder on a transformer backbone.
+
+    Parameters
+    ----------
+    embedding
+        Input embedding (ROIs -> hidden), see :mod:`~nwb_llmdecode.models.embeddings`.
+    backbone
+        The loaded backbone (:func:`~nwb_llmdecode.models.backbones.load_backbone`).
+    n_channels
+        Number of behaviour channels.
+    train_mode
+        ``"frozen"``, ``"lora"`` or ``"full"`` (recorded; apply it with
+        :func:`~nwb_llmdecode.models.backbones.apply_train_mode`).
+
+    Notes
+    -----
+    Encoders (BERT) get an all-ones attention mask, so every frame attends to the whole
+    window; decoder-only models (GPT-2, Llama) are causal by construction. On CUDA the
+    backbone runs under bf16 autocast; the head always returns float32.
+    """
+
+    def __init__(
+        self,
+        embedding: LinearEmbedding,
+        backbone: Backbone,
+        n_channels: int,
+        *,
+        train_mode: str = "full",
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.backbone = backbone.model
+        self.head = nn.Linear(backbone.hidden_size, n_channels)
+        self.train_mode = train_mode
+        self.causal = backbone.causal
+        self.backbone_name = backbone.name
+        self.model_type = backbone.model_type
+        self.init = backbone.init
+        params = inspect.signature(self.backbone.forward).parameters
+        self._extra: dict[str, Any] = {}
+        if "use_cache" in params:
+            self._extra["use_cache"] = False
+        self._takes_mask = "attention_mask" in params
+
+    @property
+    def n_rois(self) -> int:
+        """Number of ROIs the decoder expects."""
+        return self.embedding.n_rois
+
+    @property
+    def n_channels(self) -> int:
+        """Number of behaviour channels predicted."""
+        return self.head.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict behaviour for every frame of every window.
+
+        Parameters
+        ----------
+        x
+            (batch, seq_len, n_rois) float32, activity z-scored per ROI.
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, seq_len, n_channels) float32, behaviour z-scored per channel.
+        """
+        emb = self.embedding(x)
+        kwargs = dict(self._extra)
+        if self._takes_mask:
+            kwargs["attention_mask"] = torch.ones(
+                emb.shape[:2], dtype=torch.long, device=emb.device
+            )
+        ctx = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if emb.is_cuda
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.backbone(inputs_embeds=emb, **kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return self.head(hidden.float())
+
+    @property
+    def saves_whole_backbone(self) -> bool:
+        """True when backbone weights were trained (not only adapters) or are random."""
+        if self.init == "random":
+            return True
+        return any(
+            p.requires_grad and "lora_" not in n for n, p in self.backbone.named_parameters()
+        )
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint must hold to rebuild this decoder.
+
+        Input embedding and head always; LoRA adapters in ``lora`` mode; the whole
+        backbone when its own weights train (``full`` mode) or when it was randomly
+        initialised (random weights
+        cannot be reloaded from anywhere else). Pretrained, untouched backbone weights are
+        reloaded from their source instead.
+        """
+        whole = self.saves_whole_backbone
+        out: dict[str, torch.Tensor] = {}
+        for name, t in self.state_dict().items():
+            if name.startswith("backbone.") and not whole and "lora_" not in name:
+                continue
+            out[name] = t.detach().to("cpu").clone().contiguous()
+        return out
+
+
+def build_model(
+    config: FitConfig,
+    *,
+    n_rois: int,
+    n_channels: int,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Model:
+    """Build the (untrained) model a configuration asks for.
+
+    Seed torch before calling: weight initialisation (embedding, head, LoRA, random
+    backbones) uses the global torch generator.
+
+    Parameters
+    ----------
+    config
+        The run options (``backbone``, ``init``, ``train_mode``, ``embedding``...).
+    n_rois, n_channels
+        Input and output sizes.
+    device
+        Where torch models are put.
+    progress
+        Called as ``progress("load backbone", done, 1)``.
+
+    Returns
+    -------
+    Decoder, LSTMDecoder, RidgeDecoder or ReservoirDecoder
+
+    Examples
+    --------
+    >>> m = build_model(FitConfig(backbone="lstm", lstm_hidden=8), n_rois=5, n_channels=2)
+    >>> m(torch.zeros(1, 20, 5)).shape
+    torch.Size([1, 20, 2])
+    """
+    name = config.backbone
+    if name == "ridge":
+        return RidgeDecoder(
+            n_rois,
+            n_channels,
+            seq_len=config.seq_len,
+            lags=config.ridge_lags,
+            alphas=config.ridge_alphas,
+        )
+    if name == "reservoir":
+        return ReservoirDecoder(
+            n_rois,
+            n_channels,
+            size=config.reservoir_size,
+            spectral_radius=config.spectral_radius,
+            leak=config.reservoir_leak,
+            input_scale=config.reservoir_input_scale,
+            alphas=config.ridge_alphas,
+            seed=config.seed,
+        )
+    if name == "lstm":
+        return LSTMDecoder(
+            n_rois, n_channels, hidden_size=config.lstm_hidden, num_layers=config.lstm_layers
+        ).to(device)
+    if progress is not None:
+        progress("load backbone", 0, 1)
+    backbone = load_backbone(
+        name,
+        init=config.init,
+        trust_remote_code=config.trust_remote_code,
+        quantize=config.quantize,
+        device=device,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    apply_train_mode(
+        backbone,
+        config.train_mode,
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    embedding = build_embedding(
+        config.embedding, n_rois=n_rois, hidden_size=backbone.hidden_size, seq_len=config.seq_len
+    )
+    model = Decoder(embedding, backbone, n_channels, train_mode=config.train_mode)
+    model.embedding.to(device)
+    model.head.to(device)
+    if progress is not None:
+        progress("load backbone", 1, 1)
+    log.info(
+        "backbone %s (%s, %s, %.1f M parameters, hidden %d, %s), train mode %s",
+        name,
+        backbone.model_type,
+        "causal" if backbone.causal else "bidirectional",
+        backbone.n_parameters / 1e6,
+        backbone.hidden_size,
+        config.init,
+        config.train_mode,
+    )
+    return model

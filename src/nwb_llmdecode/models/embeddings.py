@@ -1,0 +1,122 @@
+"""Input embeddings: one imaging frame (a vector of ROI activity) -> one backbone token.
+
+The paper (NLP4Neuro) projects each frame's neural activity linearly into the backbone's
+hidden size and feeds the result as ``inputs_embeds``. :class:`LinearEmbedding` is that
+projection; :class:`PositionalEmbedding` adds a learned position table (initialised with
+sinusoids) on top, for backbones without position information of their own and as the
+paper's "positional" variant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["LinearEmbedding", "PositionalEmbedding", "build_embedding", "sinusoidal_positions"]
+
+
+class LinearEmbedding(nn.Module):
+    """Linear projection of ROI activity to the hidden size: (B, L, N) -> (B, L, H).
+
+    Parameters
+    ----------
+    n_rois
+        Number of ROIs (input features per frame).
+    hidden_size
+        Hidden size of the backbone.
+
+    Examples
+    --------
+    >>> emb = LinearEmbedding(30, 8)
+    >>> emb(torch.zeros(2, 5, 30)).shape
+    torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, n_rois: int, hidden_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(n_rois, hidden_size)
+
+    @property
+    def n_rois(self) -> int:
+        """Number of ROIs the projection expects."""
+        return self.proj.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project every frame of every window."""
+        return self.proj(x)
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """The sinusoidal position table of "Attention is all you need", shape (length, dim).
+
+    Examples
+    --------
+    >>> sinusoidal_positions(4, 6).shape
+    torch.Size([4, 6])
+    """
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    i = torch.arange(0, dim, 2, dtype=torch.float32)
+    freq = torch.exp(-math.log(10000.0) * i / dim)
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+class PositionalEmbedding(LinearEmbedding):
+    """Linear projection plus a learned position vector per window position.
+
+    Parameters
+    ----------
+    n_rois, hidden_size
+        As in :class:`LinearEmbedding`.
+    max_len
+        Longest window (``seq_len``).
+
+    Examples
+    --------
+    >>> emb = PositionalEmbedding(30, 8, max_len=5)
+    >>> out = emb(torch.zeros(2, 5, 30))
+    >>> bool(torch.allclose(out[0, 1] - out[0, 0], emb.position[1] - emb.position[0]))
+    True
+    """
+
+    def __init__(self, n_rois: int, hidden_size: int, *, max_len: int) -> None:
+        super().__init__(n_rois, hidden_size)
+        self.position = nn.Parameter(sinusoidal_positions(max_len, hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project every frame and add the position vector of its place in the window."""
+        length = x.shape[-2]
+        if length > self.position.shape[0]:
+            raise ConfigError(
+                f"window of {length} frames is longer than the {self.position.shape[0]} "
+                "positions of this embedding (seq_len it was built with)"
+            )
+        return self.proj(x) + self.position[:length]
+
+
+def build_embedding(kind: str, *, n_rois: int, hidden_size: int, seq_len: int) -> LinearEmbedding:
+    """Make the input embedding named by ``FitConfig.embedding``.
+
+    Parameters
+    ----------
+    kind
+        ``"linear"`` or ``"positional"``.
+    n_rois, hidden_size, seq_len
+        Input size, output size and window length.
+
+    Examples
+    --------
+    >>> type(build_embedding("positional", n_rois=3, hidden_size=4, seq_len=2)).__name__
+    'PositionalEmbedding'
+    """
+    if kind == "linear":
+        return LinearEmbedding(n_rois, hidden_size)
+    if kind == "positional":
+        return PositionalEmbedding(n_rois, hidden_size, max_len=seq_len)
+    raise ConfigError(f"embedding={kind!r} is not valid: expected one of linear, positional")

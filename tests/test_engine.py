@@ -1,0 +1,328 @@
+"""fit_arrays end to end on synthetic sessions: quality, modes, baselines, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+import resource
+
+import numpy as np
+import pytest
+import torch
+
+from nwb_llmdecode.config import FitConfig
+from nwb_llmdecode.engine import (
+    Checkpoint,
+    FitResult,
+    compute_metrics,
+    fit_arrays,
+    load_checkpoint,
+    predict_arrays,
+    regression_metrics,
+)
+from nwb_llmdecode.errors import ConfigError, DataError, OutputExistsError
+from nwb_llmdecode.models import Decoder, LSTMDecoder, ReservoirDecoder, RidgeDecoder
+from nwb_llmdecode.windows import min_frames_for_split, split_blocks
+
+# Short runs: the acceptance-level comparison over seeds is in benchmarks/RESULTS.md.
+QUICK = {"seq_len": 10, "epochs": 1, "max_windows_per_epoch": 48, "eval_batch_size": 256}
+
+
+@pytest.fixture(scope="session")
+def session(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
+    """A small synthetic session: 360 frames x 24 ROIs, 3 tail-angle channels."""
+    from nwb_llmdecode import load_session
+    from nwb_llmdecode.synthetic import make_session
+
+    path = tmp_path_factory.mktemp("sessions") / "small.nwb"
+    make_session(path, frames=360, rois=24, planes=1, n_drivers=4, seed=3)
+    ds = load_session(path)
+    return ds.activity.values, ds.behavior.values
+
+
+@pytest.fixture(scope="session")
+def quality_session(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
+    from nwb_llmdecode import load_session
+    from nwb_llmdecode.synthetic import make_session
+
+    path = tmp_path_factory.mktemp("sessions") / "quality.nwb"
+    make_session(path, frames=900, rois=30, planes=1, n_drivers=4, seed=1)
+    ds = load_session(path)
+    return ds.activity.values, ds.behavior.values
+
+
+def _check_result(res: FitResult, activity: np.ndarray, behavior: np.ndarray) -> None:
+    t, c = behavior.shape
+    assert res.predictions.shape == (t, c) and res.predictions.dtype == np.float32
+    assert [s[0] for s in res.splits] == ["train", "validation", "test"]
+    assert len(res.metrics) == 3 * c
+    assert {r["split"] for r in res.metrics} == {"train", "validation", "test"}
+    for row in res.metrics:
+        assert set(row) == {"channel", "split", "rmse", "r2", "pearson", "n_frames"}
+        assert row["n_frames"] > 0 and np.isfinite(row["rmse"])
+    # the gaps between blocks get no prediction; the blocks get one everywhere
+    gap = slice(res.splits[0][2], res.splits[1][1])
+    assert np.isnan(res.predictions[gap]).all()
+    for _, start, stop in res.splits:
+        assert np.isfinite(res.predictions[start:stop]).all()
+    # predictions are in original units (radians), not z-scores
+    test = slice(res.splits[2][1], res.splits[2][2])
+    scale = np.nanstd(behavior, axis=0)
+    assert np.all(np.abs(np.nanmean(res.predictions[test], axis=0)) < 5 * scale + 1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# quality
+# ----------------------------------------------------------------------------------------
+
+
+def test_default_minilm_decodes_at_least_as_well_as_ridge(quality_session):
+    activity, behavior = quality_session
+    ridge = fit_arrays(activity, behavior, config=FitConfig(backbone="ridge", ridge_lags=20))
+    res = fit_arrays(activity, behavior, config=FitConfig(epochs=6))
+    r2, r2_ridge = res.metric("r2", "test").mean(), ridge.metric("r2", "test").mean()
+    assert r2 > 0.2, r2
+    assert r2 >= r2_ridge - 0.05, (r2, r2_ridge)
+
+
+# ----------------------------------------------------------------------------------------
+# every backbone, mode and baseline runs end to end
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "model_type"),
+    [
+        ({"train_mode": "frozen"}, Decoder),
+        ({"train_mode": "lora", "embedding": "positional"}, Decoder),
+        ({"train_mode": "full", "init": "random"}, Decoder),
+        ({"backbone": "lstm", "lstm_hidden": 16}, LSTMDecoder),
+        ({"backbone": "ridge"}, RidgeDecoder),
+        ({"backbone": "reservoir", "reservoir_size": 100}, ReservoirDecoder),
+    ],
+    ids=["minilm-frozen", "minilm-lora-positional", "minilm-random-full", "lstm", "ridge", "reservoir"],
+)
+def test_backbones_modes_and_baselines_run_end_to_end(session, options, model_type):
+    activity, behavior = session
+    res = fit_arrays(activity, behavior, config=FitConfig(**{**QUICK, **options}))
+    assert isinstance(res.model, model_type)
+    _check_result(res, activity, behavior)
+    assert res.device == "cpu" and res.duration_s > 0
+    if isinstance(res.model, Decoder):
+        assert res.model.train_mode == res.config.train_mode
+        assert len(res.history) == 1 and res.best_epoch == 1
+
+
+def test_smollm2_lora_runs_end_to_end(session, tmp_path):
+    activity, behavior = session
+    cfg = FitConfig(backbone="smollm2", train_mode="lora", **{**QUICK, "max_windows_per_epoch": 16})
+    res = fit_arrays(activity, behavior, config=cfg)
+    assert isinstance(res.model, Decoder)
+    assert res.model.model_type == "llama" and res.model.causal
+    lora = [n for n, p in res.model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert any(".q_proj." in n for n in lora) and any(".v_proj." in n for n in lora)
+    _check_result(res, activity, behavior)
+    # adapters only: the checkpoint is tiny compared with the 135 M parameter backbone
+    d = res.save_checkpoint(tmp_path / "ckpt")
+    assert (d / "weights.pt").stat().st_size < 5_000_000
+
+
+# ----------------------------------------------------------------------------------------
+# training behaviour
+# ----------------------------------------------------------------------------------------
+
+
+def test_seed_makes_cpu_runs_reproducible(session):
+    activity, behavior = session
+    cfg = FitConfig(backbone="lstm", lstm_hidden=16, **{**QUICK, "epochs": 2})
+    a = fit_arrays(activity, behavior, config=cfg)
+    b = fit_arrays(activity, behavior, config=cfg)
+    c = fit_arrays(activity, behavior, config=cfg.replace(seed=1))
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+    assert not np.allclose(a.predictions, c.predictions, equal_nan=True)
+
+
+def test_progress_reports_loading_epochs_and_evaluation(session):
+    activity, behavior = session
+    calls: list[tuple[str, int, int]] = []
+    fit_arrays(
+        activity,
+        behavior,
+        config=FitConfig(train_mode="frozen", **{**QUICK, "epochs": 2}),
+        progress=lambda *a: calls.append(a),
+    )
+    stages = [c[0] for c in calls]
+    assert stages[0] == "load backbone" and ("load backbone", 1, 1) in calls
+    assert "epoch 1/2" in stages and "epoch 2/2" in stages
+    assert stages[-1] == "evaluate" and calls[-1][1] == calls[-1][2]
+    epoch1 = [c for c in calls if c[0] == "epoch 1/2"]
+    assert epoch1[-1][1] == epoch1[-1][2] == 2  # 48 windows / batch 32
+
+
+def test_early_stopping_restores_the_best_state(session):
+    activity, _ = session
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((activity.shape[0], 1)).astype(np.float32)  # undecodable
+    cfg = FitConfig(
+        backbone="lstm", lstm_hidden=32, lr=1e-2, embedding_l2=0.0, patience=2, seq_len=10,
+        epochs=30,
+    )
+    res = fit_arrays(activity, noise, config=cfg)
+    assert res.stopped_early and len(res.history) < 30
+    assert len(res.history) - res.best_epoch == 2
+    best = res.history[res.best_epoch - 1]
+    assert best["best"] and best["val_loss"] == min(h["val_loss"] for h in res.history)
+    # the returned model is the best epoch's: its validation loss is the recorded one
+    _, v0, v1 = res.splits[1]
+    norm = res.normalization
+    pred = norm.behavior(res.predictions[v0:v1])
+    target = norm.behavior(noise[v0:v1])
+    assert float(np.mean((pred - target) ** 2)) == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_nan_behaviour_frames_are_masked(session):
+    activity, behavior = session
+    b = behavior.copy()
+    b[50:80] = np.nan  # training frames without behaviour
+    b[-20:] = np.nan  # test frames without behaviour
+    res = fit_arrays(activity, b, config=FitConfig(backbone="lstm", lstm_hidden=8, **QUICK))
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+    test = {r["channel"]: r for r in res.metrics if r["split"] == "test"}
+    _, t0, t1 = res.splits[2]
+    assert test[0]["n_frames"] == (t1 - t0) - 20
+    assert np.isfinite(res.predictions[-20:]).all()  # predicted even without a target
+
+
+def test_normalisation_uses_the_training_block_only(session):
+    activity, behavior = session
+    a = activity.copy()
+    test = split_blocks(len(a), seq_len=10)[2]
+    a[test.start : test.stop] += 100.0  # a huge shift in the test block must not change the statistics
+    res = fit_arrays(a, behavior, config=FitConfig(backbone="ridge", seq_len=10))
+    tr0, tr1 = res.splits[0][1], res.splits[0][2]
+    np.testing.assert_allclose(res.normalization.activity_mean, activity[tr0:tr1].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        res.normalization.behavior_std, behavior[tr0:tr1].std(0), rtol=1e-4
+    )
+
+
+def test_memory_windows_are_never_materialised(tmp_path):
+    # 1,500 frames x 6,000 ROIs: all windows as a copy would be 1,471 x 20 x 6,000 x 4 B
+    # = 706 MB; index-based batches keep the fit far below that.
+    rng = np.random.default_rng(0)
+    activity = rng.standard_normal((1500, 6000), dtype=np.float32)
+    behavior = activity[:, :2] * 0.5
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
+    cfg = FitConfig(
+        backbone="lstm", lstm_hidden=8, epochs=1, max_windows_per_epoch=64, eval_batch_size=64
+    )
+    res = fit_arrays(activity, behavior, config=cfg)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert res.predictions.shape == (1500, 2)
+    assert peak - before < 300, f"peak RSS grew by {peak - before:.0f} MiB"
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"train_mode": "lora"},
+        {"train_mode": "full", "init": "random", "backbone": "minilm"},
+        {"backbone": "ridge"},
+        {"backbone": "reservoir", "reservoir_size": 50},
+        {"backbone": "lstm", "lstm_hidden": 8},
+    ],
+    ids=["lora", "random-full", "ridge", "reservoir", "lstm"],
+)
+def test_checkpoint_round_trip_gives_identical_predictions(session, tmp_path, options):
+    activity, behavior = session
+    res = fit_arrays(activity, behavior, config=FitConfig(**{**QUICK, **options}))
+    d = res.save_checkpoint(tmp_path / "ckpt")
+    assert {p.name for p in d.iterdir()} == {"config.json", "checkpoint.json", "weights.pt"}
+    meta = json.loads((d / "checkpoint.json").read_text())
+    assert meta["n_rois"] == activity.shape[1] and meta["versions"]["torch"] == torch.__version__
+    assert FitConfig.from_json((d / "config.json").read_text()) == res.config
+    state = torch.load(d / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    if options.get("train_mode") == "lora":
+        backbone = [k for k in state if k.startswith("model.backbone.")]
+        assert backbone and all("lora_" in k for k in backbone)
+    ckpt = load_checkpoint(d)
+    assert isinstance(ckpt, Checkpoint) and type(ckpt.model) is type(res.model)
+    # another "session" with the same ROIs: a shifted copy of this one
+    other = np.roll(activity, 37, axis=0)
+    want = predict_arrays(res, other)
+    got = predict_arrays(d, other)
+    assert got.shape == behavior.shape and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        res.save_checkpoint(d)
+    res.save_checkpoint(d, overwrite=True)
+    with pytest.raises(DataError, match="ROIs"):
+        predict_arrays(ckpt, activity[:, :-1])
+
+
+def test_load_checkpoint_refuses_other_directories(tmp_path):
+    with pytest.raises(DataError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------
+
+
+def test_nan_in_activity_says_how_many_and_where(session):
+    activity, behavior = session
+    a = activity.copy()
+    a[7, 3] = np.nan
+    a[9, [1, 3]] = np.nan
+    a[11, 2] = np.inf
+    with pytest.raises(DataError) as e:
+        fit_arrays(a, behavior, config=FitConfig(backbone="ridge"))
+    msg = str(e.value)
+    assert "3 NaN and 1 infinite" in msg and "3 frame(s)" in msg and "3 ROI(s)" in msg
+    assert "(frame 7, ROI 3)" in msg and "(frame 9, ROI 1)" in msg
+    assert "\n" not in msg
+
+
+def test_too_few_frames_says_the_minimum(session):
+    activity, behavior = session
+    need = min_frames_for_split(20, (0.7, 0.1, 0.2))
+    with pytest.raises(DataError, match=f"need at least {need} frames"):
+        fit_arrays(activity[:200], behavior[:200], config=FitConfig(backbone="ridge"))
+
+
+@pytest.mark.parametrize(
+    ("activity", "behavior", "message"),
+    [
+        (np.zeros(300, np.float32), np.zeros((300, 1), np.float32), "2-D"),
+        (np.zeros((300, 4), np.float32), np.zeros((299, 1), np.float32), "299"),
+        (np.zeros((300, 4, 2), np.float32), np.zeros((300, 1), np.float32), r"\(300, 4, 2\)"),
+        (np.zeros((300, 0), np.float32), np.zeros((300, 1), np.float32), "empty"),
+        (np.zeros((300, 4), np.float32), np.full((300, 2), np.nan, np.float32), "NaN in every"),
+        (np.zeros((300, 4), np.float32), np.full((300, 2), np.inf, np.float32), "infinite"),
+    ],
+    ids=["1d-activity", "frame-mismatch", "3d-activity", "no-rois", "all-nan", "inf-behavior"],
+)
+def test_bad_shapes_raise_data_error(activity, behavior, message):
+    with pytest.raises(DataError, match=message):
+        fit_arrays(activity, behavior, config=FitConfig(backbone="ridge"))
+
+
+def test_config_must_be_a_fitconfig(session):
+    activity, behavior = session
+    with pytest.raises(ConfigError, match="FitConfig"):
+        fit_arrays(activity, behavior, config={"backbone": "ridge"})  # type: ignore[arg-type]
+
+
+def test_metrics_helpers():
+    rows = compute_metrics(np.array([[1.0], [2.0], [np.nan]]), np.array([[1.0], [3.0], [2.0]]), [])
+    assert rows == []
+    m = regression_metrics(np.array([1.0, 2.0, np.nan]), np.array([1.0, 3.0, 2.0]))
+    assert m["n_frames"] == 2 and m["rmse"] == pytest.approx(np.sqrt(0.5))
+    assert regression_metrics(np.array([1.0]), np.array([np.nan]))["n_frames"] == 0
