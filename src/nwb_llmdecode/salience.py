@@ -39,15 +39,16 @@ METHODS = {
 }
 
 
-def _windows(start: int, stop: int, seq_len: int, stride: int = 1) -> np.ndarray:
-    if stop - start < seq_len:
+def _windows(start: int, stop: int, seq_len: int) -> np.ndarray:
+    """Window starts covering ``[start, stop)`` (stride 1); a clear error when none fits."""
+    from .windows import window_starts
+
+    starts = window_starts(start, stop, seq_len)
+    if not len(starts):
         raise ConfigError(
             f"the block [{start}, {stop}) is shorter than seq_len={seq_len}; use a shorter "
             "--seq-len or a larger test fraction"
         )
-    starts = np.arange(start, stop - seq_len + 1, stride)
-    if starts[-1] != stop - seq_len:
-        starts = np.append(starts, stop - seq_len)
     return starts
 
 
