@@ -413,17 +413,11 @@ def test_fit_widget_lists_the_series_of_the_open_session(
     assert fw.salience.value == config.FitConfig().salience
 
 
-def _engine_or_skip() -> None:
-    try:
-        from nwb_llmdecode.engine import fit_arrays  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"nwb_llmdecode.engine is not available yet ({exc})")
 
 
 def test_fit_widget_runs_fit_in_a_worker_and_opens_the_results(
     make_napari_viewer, qtbot, files: PlantedFiles, tmp_path: Path
 ) -> None:
-    _engine_or_skip()
     from qtpy.QtCore import QTimer
 
     viewer = make_napari_viewer()
@@ -462,7 +456,6 @@ def test_fit_widget_runs_fit_in_a_worker_and_opens_the_results(
 def test_fit_widget_cancel_stops_the_fit_and_writes_nothing(
     make_napari_viewer, qtbot, files: PlantedFiles, tmp_path: Path
 ) -> None:
-    _engine_or_skip()
     viewer = make_napari_viewer()
     _open(viewer, files.session)
     _, fw = viewer.window.add_plugin_dock_widget(PLUGIN, "Fit decoder")
