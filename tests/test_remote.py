@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -367,6 +370,32 @@ def test_failure_while_pynwb_reads_the_file_is_the_remote_error(
     text = _one_line(exc)
     assert archive.blob_url(_asset(archive)) in text and "HTTP 503" in text
     assert archive.requests["blob"] == after + 3
+
+
+def test_a_kept_error_from_a_failed_open_does_not_crash_python_at_exit(
+    archive: DandiTestServer, tmp_path: Path
+) -> None:
+    """h5py's frames in the error hold HDF5 state that references the remote file; if it
+    outlived the interpreter, HDF5's own shutdown would segfault the process."""
+    archive.fail("blob", 503, after=1)
+    script = (
+        "import sys\n"
+        "from nwb_llmdecode import inspect_source\n"
+        "try:\n"
+        f"    inspect_source('DANDI:{DANDISET}/draft/{PATH}', cache_dir=sys.argv[1])\n"
+        "except Exception as exc:\n"
+        "    KEPT = exc\n"
+        "print(type(KEPT).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "RemoteError"
 
 
 def test_server_that_ignores_range(archive: DandiTestServer, big_nwb: Path, tmp_path: Path):

@@ -44,6 +44,7 @@ import os
 import re
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -841,6 +842,22 @@ def _url_key(url: str, size: int, etag: str | None) -> str:
     return _content_key("url", base, etag or "", str(size))
 
 
+def _open_h5_fileobj(rfile: RemoteFile) -> Any:
+    """``h5py.File(rfile)``, dropping h5py's frames from any error it raises.
+
+    Those frames hold the file-access property list that references ``rfile``; kept alive
+    by whoever holds the error (a caller, pytest), the list is freed only when HDF5 shuts
+    down after the interpreter has, which crashes the process at exit.
+    """
+    import h5py
+
+    try:
+        return h5py.File(rfile, "r")
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
+
+
 @contextlib.contextmanager
 def open_remote_h5(
     source: str,
@@ -926,7 +943,7 @@ def open_remote_h5(
         stats["resolve_s"] = round(time.perf_counter() - t0, 3)
         log.info("%s: streaming %d bytes from %s", source, rfile.size, rfile.url)
         try:
-            h5 = h5py.File(rfile, "r")
+            h5 = _open_h5_fileobj(rfile)
         except OSError as exc:
             if rfile.failure is not None:
                 raise rfile.failure from exc
