@@ -899,7 +899,6 @@ def open_remote_h5(
     >>> with open_remote_h5(source) as (f, url, stats):  # doctest: +SKIP
     ...     print(list(f), stats["bytes_fetched"])
     """
-    import h5py
 
     from .dandi import resolve_source
 
