@@ -74,15 +74,27 @@ class CompareGrid:
                         for L in self.seq_lens:
                             for seed in range(base.seed, base.seed + self.seeds):
                                 model = backbone if baseline else f"{backbone}/{init}/{emb}/{mode}"
-                                out.append({"model": model, "backbone": backbone, "init": init,
-                                            "embedding": emb, "train_mode": mode,
-                                            "seq_len": int(L), "seed": int(seed)})
+                                out.append(
+                                    {
+                                        "model": model,
+                                        "backbone": backbone,
+                                        "init": init,
+                                        "embedding": emb,
+                                        "train_mode": mode,
+                                        "seq_len": int(L),
+                                        "seed": int(seed),
+                                    }
+                                )
         return out
 
 
 def _config_for(base: FitConfig, run: dict[str, Any]) -> FitConfig:
-    kw: dict[str, Any] = {"backbone": run["backbone"], "seq_len": run["seq_len"], "seed": run["seed"],
-                          "salience": "none"}
+    kw: dict[str, Any] = {
+        "backbone": run["backbone"],
+        "seq_len": run["seq_len"],
+        "seed": run["seed"],
+        "salience": "none",
+    }
     for k in ("init", "embedding", "train_mode"):
         if run[k] != "-":
             kw[k] = run[k]
@@ -152,11 +164,37 @@ def pairwise_stats(results: Any, metric: str = "test_rmse_mean") -> Any:
                 stat, p = float(res.statistic), float(res.pvalue)
                 effect = float(2 * stat / (len(xa) * len(xb)) - 1)
                 test = "mannwhitney"
-            rows.append({"seq_len": int(L), "model_a": a, "model_b": b, "n_a": len(xa),
-                         "n_b": len(xb), "mean_a": float(xa.mean()), "mean_b": float(xb.mean()),
-                         "test": test, "statistic": stat, "p": p, "effect_size": effect})
-    out = pd.DataFrame(rows, columns=["seq_len", "model_a", "model_b", "n_a", "n_b", "mean_a",
-                                      "mean_b", "test", "statistic", "p", "effect_size"])
+            rows.append(
+                {
+                    "seq_len": int(L),
+                    "model_a": a,
+                    "model_b": b,
+                    "n_a": len(xa),
+                    "n_b": len(xb),
+                    "mean_a": float(xa.mean()),
+                    "mean_b": float(xb.mean()),
+                    "test": test,
+                    "statistic": stat,
+                    "p": p,
+                    "effect_size": effect,
+                }
+            )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "seq_len",
+            "model_a",
+            "model_b",
+            "n_a",
+            "n_b",
+            "mean_a",
+            "mean_b",
+            "test",
+            "statistic",
+            "p",
+            "effect_size",
+        ],
+    )
     out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
     return out
 
@@ -172,14 +210,16 @@ class CompareReport:
     html: Path | None = None
 
     def to_json(self) -> str:
-        return json.dumps({
-            "report": str(self.html) if self.html else None,
-            "directory": str(self.directory),
-            "results_csv": str(self.directory / "results.csv"),
-            "stats_csv": str(self.directory / "stats.csv"),
-            "figures": {k: str(v) for k, v in self.figures.items()},
-            "n_runs": int(len(self.results)),
-        })
+        return json.dumps(
+            {
+                "report": str(self.html) if self.html else None,
+                "directory": str(self.directory),
+                "results_csv": str(self.directory / "results.csv"),
+                "stats_csv": str(self.directory / "stats.csv"),
+                "figures": {k: str(v) for k, v in self.figures.items()},
+                "n_runs": len(self.results),
+            }
+        )
 
 
 def run_compare(
@@ -225,8 +265,10 @@ def run_compare(
         ds = read_session(src, rois=rois, behavior=behavior)
     x = np.asarray(ds["activity"].values, dtype=np.float32)
     y = np.asarray(ds["behavior"].values, dtype=np.float32)
-    labels = [f"{s}[{int(c)}]" for s, c in zip(ds["series"].values, ds["series_channel"].values,
-                                               strict=True)]
+    labels = [
+        f"{s}[{int(c)}]"
+        for s, c in zip(ds["series"].values, ds["series_channel"].values, strict=True)
+    ]
 
     done = pd.read_csv(csv_path) if (resume and csv_path.exists()) else None
     finished = set()
@@ -265,6 +307,7 @@ def run_compare(
     results = pd.read_csv(csv_path)
     stats_df = pairwise_stats(results)
     stats_df.to_csv(out / "stats.csv", index=False)
+
     def refit(rows: Any) -> tuple[float, dict[str, Any], Any] | None:
         if not len(rows):
             return None
@@ -277,8 +320,11 @@ def run_compare(
         best = refit(results)
     grad_rows = results[~results["backbone"].isin(["ridge", "reservoir"])]
     if best_grad is None or (len(grad_rows) and best_grad[0] > grad_rows["test_rmse_mean"].min()):
-        best_grad = best if best is not None and best[1]["backbone"] not in (
-            "ridge", "reservoir") else refit(grad_rows)
+        best_grad = (
+            best
+            if best is not None and best[1]["backbone"] not in ("ridge", "reservoir")
+            else refit(grad_rows)
+        )
     assert best is not None
     figures = _figures(out, results, ds, best, best_grad, labels)
     report = CompareReport(directory=out, results=results, stats=stats_df, figures=figures)
@@ -292,8 +338,12 @@ def run_compare(
 
 
 def _figures(
-    out: Path, results: Any, ds: Any, best: tuple[float, dict[str, Any], Any],
-    best_grad: tuple[float, dict[str, Any], Any] | None, labels: list[str],
+    out: Path,
+    results: Any,
+    ds: Any,
+    best: tuple[float, dict[str, Any], Any],
+    best_grad: tuple[float, dict[str, Any], Any] | None,
+    labels: list[str],
 ) -> dict[str, Path]:
     import matplotlib
 
@@ -311,13 +361,20 @@ def _figures(
     for j, L in enumerate(lens):
         means = [agg.loc[(m, L), "mean"] if (m, L) in agg.index else np.nan for m in models]
         sems = [agg.loc[(m, L), "sem"] if (m, L) in agg.index else np.nan for m in models]
-        ax.bar(np.arange(len(models)) + (j - (len(lens) - 1) / 2) * width, means, width,
-               yerr=np.nan_to_num(sems), capsize=3, label=f"L = {L}",
-               color=cmap(j / max(1, len(lens) - 1) * 0.85))
+        ax.bar(
+            np.arange(len(models)) + (j - (len(lens) - 1) / 2) * width,
+            means,
+            width,
+            yerr=np.nan_to_num(sems),
+            capsize=3,
+            label=f"L = {L}",
+            color=cmap(j / max(1, len(lens) - 1) * 0.85),
+        )
     ax.set_xticks(np.arange(len(models)))
     ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test RMSE (mean over channels)")
-    ax.set_title(f"Test RMSE per model and sequence length (mean ± SEM over seeds)")
+    # the figure is narrow for small grids: keep the title short enough not to be clipped
+    ax.set_title("Test RMSE per model and sequence length", fontsize=10)
     ax.legend(title="sequence length", fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -330,8 +387,9 @@ def _figures(
     start, stop = next((s, e) for name, s, e in result.splits if name == "test")
     t = ds["time"].values[start:stop]
     n_ch = len(labels)
-    fig, axes = plt.subplots(n_ch, 1, figsize=(9, 1.9 * n_ch + 0.6), dpi=120, sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_ch, 1, figsize=(9, 1.9 * n_ch + 0.6), dpi=120, sharex=True, squeeze=False
+    )
     for c in range(n_ch):
         a = axes[c, 0]
         a.plot(t, ds["behavior"].values[start:stop, c], color="0.25", lw=1.2, label="actual")
@@ -340,8 +398,10 @@ def _figures(
         a.spines[["top", "right"]].set_visible(False)
     axes[0, 0].legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("time (s)")
-    fig.suptitle(f"Best run on the test block: {run['model']}, L = {run['seq_len']}, "
-                 f"seed {run['seed']}", fontsize=10)
+    fig.suptitle(
+        f"Best run on the test block: {run['model']}, L = {run['seq_len']}, seed {run['seed']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     figs["traces"] = out / "best_model_test_traces.png"
     fig.savefig(figs["traces"])
@@ -364,12 +424,19 @@ def _figures(
             ax.set_title(f"Salience of the ROIs ({run['model']}); top 20 outlined", fontsize=9)
         order = np.argsort(-sal)
         top = order[:20]
-        sc = ax.scatter(xs, ys, c=sal, s=12 + 120 * sal / max(sal.max(), 1e-12), cmap="magma",
-                        edgecolors="none")
+        sc = ax.scatter(
+            xs, ys, c=sal, s=12 + 120 * sal / max(sal.max(), 1e-12), cmap="magma", edgecolors="none"
+        )
         ax.scatter(xs[top], ys[top], s=140, facecolors="none", edgecolors="tab:cyan", lw=1.2)
         for r in top[:10]:
-            ax.annotate(str(int(r)), (xs[r], ys[r]), fontsize=7, color="tab:cyan",
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                str(int(r)),
+                (xs[r], ys[r]),
+                fontsize=7,
+                color="tab:cyan",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.invert_yaxis()
         ax.set_aspect("equal")
         ax.set_xlabel("x (pixels)")
@@ -392,8 +459,14 @@ def _salience_of_best(result: Any, ds: Any, run: dict[str, Any]) -> np.ndarray |
     start, stop = next((s, e) for name, s, e in result.splits if name == "test")
     x = result.normalization.activity(np.asarray(ds["activity"].values, dtype=np.float32))
     device = next(model.parameters()).device
-    sal = compute_salience(model, x, block=(start, stop), seq_len=int(run["seq_len"]),
-                           method="grad-x-input", device=str(device))
+    sal = compute_salience(
+        model,
+        x,
+        block=(start, stop),
+        seq_len=int(run["seq_len"]),
+        method="grad-x-input",
+        device=str(device),
+    )
     return np.asarray(sal["salience"].values)
 
 
@@ -406,29 +479,48 @@ def _table_html(df: Any, float_fmt: str = "{:.4g}") -> str:
             s = float_fmt.format(v) if isinstance(v, float | np.floating) else str(v)
             cells.append(f"<td>{html.escape(s)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # wide tables (one column per metric and channel) scroll inside their box, not the page
+    return (
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _html(
-    out: Path, source: Any, grid: CompareGrid, results: Any, stats_df: Any,
-    figures: dict[str, Path], best: dict[str, Any],
+    out: Path,
+    source: Any,
+    grid: CompareGrid,
+    results: Any,
+    stats_df: Any,
+    figures: dict[str, Path],
+    best: dict[str, Any],
 ) -> Path:
     from . import __version__
 
-    summary = (results.groupby(["model", "seq_len"])
-               .agg(n=("seed", "count"), test_rmse=("test_rmse_mean", "mean"),
-                    test_rmse_sem=("test_rmse_mean", "sem"), test_r2=("test_r2_mean", "mean"),
-                    train_time_s=("train_time_s", "mean"))
-               .reset_index())
+    summary = (
+        results.groupby(["model", "seq_len"])
+        .agg(
+            n=("seed", "count"),
+            test_rmse=("test_rmse_mean", "mean"),
+            test_rmse_sem=("test_rmse_mean", "sem"),
+            test_r2=("test_r2_mean", "mean"),
+            train_time_s=("train_time_s", "mean"),
+        )
+        .reset_index()
+    )
     imgs = []
-    captions = {"rmse_bars": "Test RMSE per model and sequence length (mean ± SEM over seeds).",
-                "traces": "Predicted vs actual behaviour of the best run on the test block.",
-                "salience_map": "Salience of each ROI at its position (best run)."}
+    captions = {
+        "rmse_bars": "Test RMSE per model and sequence length (mean ± SEM over seeds).",
+        "traces": "Predicted vs actual behaviour of the best run on the test block.",
+        "salience_map": "Salience of each ROI at its position (best run).",
+    }
     for key, path in figures.items():
         b64 = base64.b64encode(path.read_bytes()).decode()
-        imgs.append(f'<figure><img alt="{html.escape(captions.get(key, key))}" '
-                    f'src="data:image/png;base64,{b64}"><figcaption>'
-                    f"{html.escape(captions.get(key, key))}</figcaption></figure>")
+        imgs.append(
+            f'<figure><img alt="{html.escape(captions.get(key, key))}" '
+            f'src="data:image/png;base64,{b64}"><figcaption>'
+            f"{html.escape(captions.get(key, key))}</figcaption></figure>"
+        )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>nwb-llmdecode comparison</title>
@@ -437,19 +529,21 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
 table {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
 th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left; }}
-figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 0.9em; }}
+.table-wrap {{ overflow-x: auto; max-width: 100%; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; height: auto; }}
+figcaption {{ color: #555; font-size: 0.9em; }}
 code {{ background: #f6f6f6; padding: 0 0.2em; }}
 </style></head><body>
 <h1>Decoder comparison</h1>
 <p>Session <code>{html.escape(str(source))}</code>; {len(results)} runs;
-models {html.escape(', '.join(grid.models))}; sequence lengths
-{html.escape(', '.join(map(str, grid.seq_lens)))}; {grid.seeds} seed(s) each.
-Best run: <b>{html.escape(str(best['model']))}</b>, L = {best['seq_len']}, seed {best['seed']}.
+models {html.escape(", ".join(grid.models))}; sequence lengths
+{html.escape(", ".join(map(str, grid.seq_lens)))}; {grid.seeds} seed(s) each.
+Best run: <b>{html.escape(str(best["model"]))}</b>, L = {best["seq_len"]}, seed {best["seed"]}.
 Made with nwb-llmdecode {html.escape(__version__)}.</p>
 <h2>Summary (test block)</h2>
 {_table_html(summary)}
 <h2>Figures</h2>
-{''.join(imgs)}
+{"".join(imgs)}
 <h2>Statistics across seeds</h2>
 <p>Wilcoxon signed-rank when both models ran the same seeds (paired), Mann-Whitney U
 otherwise; effect size = rank-biserial correlation (positive: model A has the larger RMSE);
