@@ -20,6 +20,7 @@ from nwb_llmdecode.models import (
     PositionalEmbedding,
     ReservoirDecoder,
     RidgeDecoder,
+    TemporalEmbedding,
     accepts_inputs_embeds,
     apply_train_mode,
     build_embedding,
@@ -138,7 +139,7 @@ def test_unknown_backbone_is_one_line_listing_working_names(tmp_path):
     assert WORKING_NAMES in msg
     with pytest.raises(BackboneError, match="no such directory"):
         load_backbone(str(tmp_path / "missing" / "model"))
-    with pytest.raises(BackboneError, match="no config.json"):
+    with pytest.raises(BackboneError, match=r"no config\.json"):
         load_backbone(str(tmp_path))
     with pytest.raises(BackboneError, match="is a baseline"):
         resolve_backbone("ridge")
@@ -291,6 +292,40 @@ def test_embeddings():
         pos(torch.zeros(1, 6, 4))
     with pytest.raises(ConfigError, match="'conv'"):
         build_embedding("conv", n_rois=4, hidden_size=6, seq_len=5)
+
+
+def test_temporal_embedding_is_a_causal_convolution_over_frames():
+    torch.manual_seed(0)
+    emb = build_embedding("temporal", n_rois=4, hidden_size=6, seq_len=8, kernel=3)
+    assert isinstance(emb, TemporalEmbedding) and len(emb.roi_weights()) == 3
+    x = torch.randn(2, 8, 4)
+    out = emb(x)
+    # e(t) = b + sum_l W_l x(t - l), frames before the window counted as zero
+    w = emb.roi_weights()
+    for t in range(8):
+        want = emb.proj.bias + sum(x[:, t - lag] @ w[lag].T for lag in range(3) if t - lag >= 0)
+        torch.testing.assert_close(out[:, t], want)
+    # causal: changing a frame changes only its own token and the next two
+    x2 = x.clone()
+    x2[:, 4] += 1.0
+    changed = (emb(x2) - out).abs().sum(dim=(0, 2)) > 0
+    assert changed.tolist() == [False] * 4 + [True] * 3 + [False]
+    # kernel 1 is the linear embedding
+    one = build_embedding("temporal", n_rois=4, hidden_size=6, seq_len=8, kernel=1)
+    assert len(one.roi_weights()) == 1
+    with pytest.raises(ConfigError, match="embedding_kernel"):
+        FitConfig(embedding_kernel=0)
+
+
+def test_default_model_uses_the_temporal_embedding_and_checkpoints_it(tmp_path):
+    cfg = FitConfig(train_mode="frozen", embedding_kernel=4)
+    assert FitConfig().embedding == "temporal"
+    dec = build_model(cfg, n_rois=5, n_channels=2)
+    assert isinstance(dec.embedding, TemporalEmbedding) and len(dec.embedding.lags) == 3
+    trained = {n for n, p in dec.named_parameters() if p.requires_grad}
+    assert {"embedding.proj.weight", "embedding.lags.0.weight", "embedding.lags.2.weight"} <= (
+        trained
+    )
 
 
 def test_build_model_dispatches_on_backbone_name():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -71,7 +73,7 @@ def test_split_blocks_are_ordered_with_seq_len_gaps(n_frames):
     blocks = split_blocks(n_frames, seq_len=seq_len, fractions=(0.7, 0.1, 0.2))
     assert [b.name for b in blocks] == ["train", "validation", "test"]
     assert blocks[0].start == 0 and blocks[-1].stop == n_frames
-    for a, b in zip(blocks, blocks[1:], strict=False):
+    for a, b in itertools.pairwise(blocks):
         assert b.start - a.stop == seq_len  # gap: no window can straddle two blocks
     assert all(b.n_frames >= seq_len for b in blocks)
     usable = n_frames - 2 * seq_len
@@ -105,9 +107,7 @@ def test_bad_fractions_raise_config_error():
 def _naive_stitch(starts, preds, n_frames):
     out = np.full((n_frames, preds.shape[-1]), np.nan)
     for t in range(n_frames):
-        vals = [
-            preds[w, t - s] for w, s in enumerate(starts) if s <= t < s + preds.shape[1]
-        ]
+        vals = [preds[w, t - s] for w, s in enumerate(starts) if s <= t < s + preds.shape[1]]
         if vals:
             out[t] = np.mean(vals, axis=0)
     return out
@@ -129,7 +129,7 @@ def test_stitch_averages_overlapping_windows_like_a_naive_loop():
     st.add(starts[10:], preds[10:])
     np.testing.assert_array_equal(st.result(), got)
     assert st.counts.max() > 1
-    with pytest.raises(DataError, match="Stitcher.add"):
+    with pytest.raises(DataError, match=r"Stitcher\.add"):
         st.add(starts[:2], preds[:3])
 
 

@@ -352,9 +352,10 @@ def _param_groups(model: torch.nn.Module, config: FitConfig) -> list[dict[str, A
 def _l2_penalty(model: torch.nn.Module, config: FitConfig) -> torch.Tensor | None:
     if config.embedding_l2 <= 0:
         return None
-    w = model.embedding.proj.weight  # (hidden, n_rois)
-    # mean over output units, sum over ROIs: does not grow with the backbone's width
-    return config.embedding_l2 * (w.float() ** 2).sum() / w.shape[0]
+    weights = model.embedding.roi_weights()  # each (hidden, n_rois)
+    # sum over ROIs and lags, mean over hidden units: independent of the backbone's width
+    total = sum((w.float() ** 2).sum() for w in weights)
+    return config.embedding_l2 * total / weights[0].shape[0]
 
 
 def _val_score(

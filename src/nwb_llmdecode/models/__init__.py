@@ -17,7 +17,13 @@ from .baselines import (
     lag_candidates,
 )
 from .decoder import Decoder, Model, build_model
-from .embeddings import LinearEmbedding, PositionalEmbedding, build_embedding, sinusoidal_positions
+from .embeddings import (
+    LinearEmbedding,
+    PositionalEmbedding,
+    TemporalEmbedding,
+    build_embedding,
+    sinusoidal_positions,
+)
 
 __all__ = [
     "WORKING_NAMES",
@@ -30,6 +36,7 @@ __all__ = [
     "PositionalEmbedding",
     "ReservoirDecoder",
     "RidgeDecoder",
+    "TemporalEmbedding",
     "accepts_inputs_embeds",
     "apply_train_mode",
     "build_embedding",

@@ -221,7 +221,11 @@ def build_model(
         gradient_checkpointing=config.gradient_checkpointing,
     )
     embedding = build_embedding(
-        config.embedding, n_rois=n_rois, hidden_size=backbone.hidden_size, seq_len=config.seq_len
+        config.embedding,
+        n_rois=n_rois,
+        hidden_size=backbone.hidden_size,
+        seq_len=config.seq_len,
+        kernel=config.embedding_kernel,
     )
     model = Decoder(embedding, backbone, n_channels, train_mode=config.train_mode)
     model.embedding.to(device)

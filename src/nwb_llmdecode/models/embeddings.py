@@ -16,7 +16,13 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["LinearEmbedding", "PositionalEmbedding", "build_embedding", "sinusoidal_positions"]
+__all__ = [
+    "LinearEmbedding",
+    "PositionalEmbedding",
+    "TemporalEmbedding",
+    "build_embedding",
+    "sinusoidal_positions",
+]
 
 
 class LinearEmbedding(nn.Module):
@@ -44,6 +50,10 @@ class LinearEmbedding(nn.Module):
     def n_rois(self) -> int:
         """Number of ROIs the projection expects."""
         return self.proj.in_features
+
+    def roi_weights(self) -> list[torch.Tensor]:
+        """The weight matrices applied to ROI activity (hidden x ROIs), one per lag."""
+        return [self.proj.weight]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project every frame of every window."""
@@ -100,15 +110,63 @@ class PositionalEmbedding(LinearEmbedding):
         return self.proj(x) + self.position[:length]
 
 
-def build_embedding(kind: str, *, n_rois: int, hidden_size: int, seq_len: int) -> LinearEmbedding:
+class TemporalEmbedding(LinearEmbedding):
+    """Causal temporal convolution: each token sees its frame and ``kernel - 1`` before it.
+
+    ``e(t) = sum_{l < kernel} W_l x(t - l) + b``, with frames before the window start
+    counted as zero (the training mean). ``proj`` holds the lag-0 weights, ``lags`` the
+    others, so the ROI weights of every lag are inspectable.
+
+    Examples
+    --------
+    >>> emb = TemporalEmbedding(3, 4, kernel=2)
+    >>> x = torch.zeros(1, 5, 3)
+    >>> x[0, 2, 0] = 1.0
+    >>> out = emb(x) - emb.proj.bias
+    >>> [bool(out[0, t].abs().sum() > 0) for t in range(5)]
+    [False, False, True, True, False]
+    """
+
+    def __init__(self, n_rois: int, hidden_size: int, *, kernel: int = 3) -> None:
+        super().__init__(n_rois, hidden_size)
+        if kernel < 1:
+            raise ConfigError(f"embedding_kernel={kernel!r} is not valid: expected >= 1")
+        self.lags = nn.ModuleList(
+            nn.Linear(n_rois, hidden_size, bias=False) for _ in range(kernel - 1)
+        )
+        scale = 1.0 / math.sqrt(kernel)
+        with torch.no_grad():
+            self.proj.weight.mul_(scale)
+            for lin in self.lags:
+                lin.weight.mul_(scale)
+
+    def roi_weights(self) -> list[torch.Tensor]:
+        """Lag-0 weights first, then those of 1, 2, ... frames before."""
+        return [self.proj.weight, *(lin.weight for lin in self.lags)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project every frame together with its ``kernel - 1`` predecessors."""
+        out = self.proj(x)
+        for lag, lin in enumerate(self.lags, start=1):
+            if lag < x.shape[-2]:
+                shifted = torch.nn.functional.pad(x[..., :-lag, :], (0, 0, lag, 0))
+                out = out + lin(shifted)
+        return out
+
+
+def build_embedding(
+    kind: str, *, n_rois: int, hidden_size: int, seq_len: int, kernel: int = 3
+) -> LinearEmbedding:
     """Make the input embedding named by ``FitConfig.embedding``.
 
     Parameters
     ----------
     kind
-        ``"linear"`` or ``"positional"``.
+        ``"linear"``, ``"positional"`` or ``"temporal"``.
     n_rois, hidden_size, seq_len
         Input size, output size and window length.
+    kernel
+        Frames seen by each token of the ``"temporal"`` embedding.
 
     Examples
     --------
@@ -119,4 +177,8 @@ def build_embedding(kind: str, *, n_rois: int, hidden_size: int, seq_len: int) -
         return LinearEmbedding(n_rois, hidden_size)
     if kind == "positional":
         return PositionalEmbedding(n_rois, hidden_size, max_len=seq_len)
-    raise ConfigError(f"embedding={kind!r} is not valid: expected one of linear, positional")
+    if kind == "temporal":
+        return TemporalEmbedding(n_rois, hidden_size, kernel=kernel)
+    raise ConfigError(
+        f"embedding={kind!r} is not valid: expected one of linear, positional, temporal"
+    )
