@@ -41,7 +41,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/nwb-llmdecode synth $(DEMO_DIR)/sample_session.nwb --overwrite
+	$(BIN)/nwb-llmdecode synth $(DEMO_DIR)/sample_session.nwb --frames 900 --rois 40 --drivers 5 \
+	  --readout bouts --overwrite
 	$(BIN)/nwb-llmdecode fit $(DEMO_DIR)/sample_session.nwb --overwrite
 
 test: setup

@@ -113,6 +113,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         frame_rate=args.frame_rate,
         n_drivers=args.drivers,
         n_channels=args.channels,
+        readout=args.readout,
         mask=args.mask,
         behavior_timestamps=args.behavior_timestamps,
         raw_imaging=args.raw_imaging,
@@ -127,7 +128,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 _FIT_KEYS = (
-    "backbone", "init", "train_mode", "embedding", "seq_len", "epochs", "batch_size", "lr",
+    "backbone", "init", "train_mode", "embedding", "embedding_kernel", "seq_len", "epochs", "batch_size", "lr",
     "seed", "device", "quantize", "gradient_checkpointing", "trust_remote_code", "patience",
     "salience",
 )
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-rate", type=float, default=2.0)
     p.add_argument("--drivers", type=int, default=10, help="number of driver ROIs")
     p.add_argument("--channels", type=int, default=3, help="tail-angle channels")
+    p.add_argument("--readout", choices=["linear", "bouts"], default="linear",
+                   help="driver -> tail angle mapping: near-linear, or swim bouts (vigour x "
+                   "bend, which linear decoders cannot represent)")
     p.add_argument("--mask", choices=["image", "pixel", "voxel"], default="image")
     p.add_argument("--behavior-timestamps", action="store_true",
                    help="store behaviour with timestamps instead of a rate")
@@ -385,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "HuggingFace model id or a local model directory")
     g.add_argument("--init", choices=["pretrained", "random"], help="backbone weights")
     g.add_argument("--train-mode", choices=["frozen", "lora", "full"])
-    g.add_argument("--embedding", choices=["linear", "positional"])
+    g.add_argument("--embedding", choices=["temporal", "linear", "positional"],
+                   help="input embedding (default temporal)")
+    g.add_argument("--embedding-kernel", type=int,
+                   help="frames per token of the temporal embedding (default 3)")
     g.add_argument("--seq-len", type=int, help="window length in frames (default 20)")
     g.add_argument("--trust-remote-code", action="store_true", default=None,
                    help="allow a hub model's own code to run (off by default)")
@@ -423,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default minilm,ridge,lstm,reservoir)")
     p.add_argument("--init", dest="init_list", help="pretrained,random (default both)")
     p.add_argument("--seq-len", dest="seq_lens", help="comma-separated (default 5,10,20)")
-    p.add_argument("--embedding", dest="embeddings", help="linear,positional (default linear)")
+    p.add_argument("--embedding", dest="embeddings", help="temporal,linear,positional (default temporal)")
     p.add_argument("--train-mode", dest="train_modes", help="frozen,lora,full (default frozen)")
     p.add_argument("--seeds", type=int, help="seeds per setting (default 3)")
     p.add_argument("--epochs", type=int)

@@ -51,7 +51,7 @@ class CompareGrid:
     models: tuple[str, ...] = ("minilm", "ridge", "lstm", "reservoir")
     inits: tuple[str, ...] = ("pretrained", "random")
     seq_lens: tuple[int, ...] = (5, 10, 20)
-    embeddings: tuple[str, ...] = ("linear",)
+    embeddings: tuple[str, ...] = ("temporal",)
     train_modes: tuple[str, ...] = ("full",)
     seeds: int = 3
 

@@ -25,6 +25,7 @@ from .errors import ConfigError, OutputExistsError
 __all__ = ["SyntheticTruth", "make_session"]
 
 MaskKind = Literal["image", "pixel", "voxel"]
+Readout = Literal["linear", "bouts"]
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,7 @@ def _roi_masks(
         d2 = (sx - cx) ** 2 + (sy - cy) ** 2
         inside = d2 <= r * r
         w = np.exp(-d2[inside] / (2 * (r / 2) ** 2))
-        pixels.append(
-            np.column_stack([sx[inside], sy[inside], w / w.max()]).astype(np.float64)
-        )
+        pixels.append(np.column_stack([sx[inside], sy[inside], w / w.max()]).astype(np.float64))
     return centres, radii, pixels
 
 
@@ -112,6 +111,7 @@ def make_session(
     behavior_rate: float = 200.0,
     n_drivers: int = 10,
     n_channels: int = 3,
+    readout: Readout = "linear",
     mask: MaskKind = "image",
     behavior_timestamps: bool = False,
     behavior_gap: tuple[float, float] | None = None,
@@ -138,6 +138,14 @@ def make_session(
         How many ROIs drive behaviour (spread over planes).
     n_channels
         Number of tail-segment angle channels.
+    readout
+        How driver activity becomes tail angles. ``"linear"``: a saturating
+        (``0.6 tanh(1.2 u)``) function of a weighted sum ``u`` of the lagged drivers, close
+        to linear, so lagged ridge regression is nearly the true model. ``"bouts"``: swim
+        bouts, as real tail kinematics are: a vigour gate ``sigmoid(3 (v - 0.5))`` of a
+        second (positive) driver mixture ``v`` multiplies the bend ``0.6 tanh(1.5 u)``, so the
+        angle is near zero between bouts and its sign and size depend on the drivers
+        jointly; a linear decoder cannot represent the product.
     mask
         ROI mask kind: ``"image"`` (dense image masks), ``"pixel"`` or ``"voxel"``.
     behavior_timestamps
@@ -193,6 +201,8 @@ def make_session(
         )
     if not 1 <= n_drivers <= rois:
         raise ConfigError(f"make_session: n_drivers must be in 1..rois (got {n_drivers})")
+    if readout not in ("linear", "bouts"):
+        raise ConfigError(f"make_session: readout must be linear or bouts (got {readout!r})")
     if mask not in ("image", "pixel", "voxel"):
         raise ConfigError(f"make_session: mask must be image, pixel or voxel (got {mask!r})")
     if path.exists() and not overwrite:
@@ -225,7 +235,16 @@ def make_session(
     for j, (roi, lag) in enumerate(zip(drivers, lags, strict=True)):
         x = (dff[:, roi] - dff[:, roi].mean()) / dff[:, roi].std().clip(1e-6)
         source[:, j] = np.concatenate([np.full(lag, x[0]), x[: frames - lag]]) if lag else x
-    frame_behavior = 0.6 * np.tanh(1.2 * source @ weights.T)  # radians, (frames, channels)
+    if readout == "linear":
+        frame_behavior = 0.6 * np.tanh(1.2 * source @ weights.T)  # radians, (frames, channels)
+    else:
+        # own generator: the activity and every other draw match the "linear" session
+        bout_rng = np.random.default_rng([seed, 1])
+        vigour_w = bout_rng.uniform(0.5, 1.0, size=n_drivers)
+        vigour = source @ (vigour_w / vigour_w.sum())
+        vigour = (vigour - vigour.mean()) / vigour.std().clip(1e-6)
+        gate = 1.0 / (1.0 + np.exp(-3.0 * (vigour - 0.5)))  # fraction of the frame swimming
+        frame_behavior = 0.6 * gate[:, None] * np.tanh(1.5 * source @ weights.T)
 
     # --- time bases ------------------------------------------------------------------
     t0 = 1.5  # imaging starts 1.5 s into the session
@@ -264,6 +283,7 @@ def make_session(
                 "seed": seed,
                 "driver_rois": drivers.tolist(),
                 "lags": lags.tolist(),
+                "readout": readout,
             }
         ),
     )
@@ -306,7 +326,7 @@ def make_session(
             origin_coords=[0.0, 0.0, p * spacing_um],
             origin_coords_unit="micrometers",
         )
-        centres, _radii, pixels = _roi_masks(rng, len(members), size)
+        _centres, _radii, pixels = _roi_masks(rng, len(members), size)
         mean_img = np.full((size, size), 0.05)
         for pix, m in zip(pixels, members, strict=True):
             mean_img[pix[:, 1].astype(int), pix[:, 0].astype(int)] += pix[:, 2] * (
@@ -447,9 +467,11 @@ def _raw_frames(rng: np.random.Generator, mean_img: np.ndarray, frames: int):
 
     def gen():
         for _ in range(frames):
-            yield (mean_img * scale + rng.normal(0, 50, size=mean_img.shape)).clip(
-                0, 65535
-            ).astype(np.uint16)
+            yield (
+                (mean_img * scale + rng.normal(0, 50, size=mean_img.shape))
+                .clip(0, 65535)
+                .astype(np.uint16)
+            )
 
     return DataChunkIterator(
         data=gen(), maxshape=(frames, *mean_img.shape), dtype=np.dtype(np.uint16), buffer_size=16
