@@ -7,6 +7,7 @@ line per fit (test R² per channel and mean, validation R², best epoch, seconds
 the end, a Markdown table of the mean test R² per model and seed.
 
 Model names: ``minilm`` (the default configuration), ``minilm-random`` (init random),
+``minilm-linear`` / ``minilm-linear-random`` (the paper's frame-by-frame linear embedding),
 ``minilm-frozen``, ``minilm-lora``, ``smollm2``, ``ridge`` (lags and alpha chosen on the
 validation block), ``ridge-20`` (all 20 lags), ``lstm``, ``reservoir``, ``naive`` (the
 paper's recipe done plainly: frozen MiniLM, lr 1e-4, no normalisation, no early stopping).
@@ -34,6 +35,8 @@ from nwb_llmdecode.engine import fit_arrays
 MODELS: dict[str, dict[str, Any]] = {
     "minilm": {},
     "minilm-random": {"init": "random"},
+    "minilm-linear": {"embedding": "linear"},
+    "minilm-linear-random": {"embedding": "linear", "init": "random"},
     "minilm-frozen": {"train_mode": "frozen"},
     "minilm-lora": {"train_mode": "lora"},
     "smollm2": {"backbone": "smollm2", "train_mode": "lora"},
@@ -84,8 +87,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--rois", type=int, default=300)
     p.add_argument("--drivers", type=int, default=10)
     p.add_argument("--planes", type=int, default=2)
+    p.add_argument("--readout", choices=["linear", "bouts"], default="bouts")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--models", nargs="+", default=["minilm", "minilm-random", "ridge", "ridge-20", "lstm", "reservoir"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["minilm", "minilm-random", "ridge", "ridge-20", "lstm", "reservoir"],
+    )
     p.add_argument("--epochs", type=int, default=None, help="override FitConfig.epochs")
     p.add_argument("--naive-epochs", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 planes=args.planes,
                 n_drivers=args.drivers,
                 seed=seed,
+                readout=args.readout,
             )
             ds = load_session(path)
             activity = ds.activity.values.astype(np.float32)
@@ -136,7 +145,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         else {},
                     }
                 row.update(
-                    frames=args.frames, rois=args.rois, seconds=round(time.perf_counter() - t0, 1)
+                    frames=args.frames,
+                    rois=args.rois,
+                    readout=args.readout,
+                    seconds=round(time.perf_counter() - t0, 1),
                 )
                 rows.append(row)
                 line = json.dumps(row)

@@ -1,0 +1,119 @@
+"""Salience: driver recovery (precision@k) and time of each attribution method.
+
+Two measurements:
+
+``--mode recovery`` (default): for each seed, writes a bout-like synthetic session
+(``make_session(..., readout="bouts")``), trains the default decoder on it once and runs
+every salience method on the same trained model over the test block. Prints one JSON line
+per seed and method: precision@k with k = number of planted drivers, seconds, and the
+integrated-gradients convergence delta.
+
+``--mode timing``: the cost of salience on a large session (e.g. 5,000 ROIs). The decoder is
+trained only briefly (``--steps`` batches): the cost of attribution depends on the
+architecture and the block length, not on how well the model is trained.
+
+Examples
+--------
+python benchmarks/bench_salience.py --seeds 1 2 3
+python benchmarks/bench_salience.py --mode timing --frames 1000 --rois 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nwb_llmdecode import load_session
+from nwb_llmdecode.config import SALIENCE_METHODS, FitConfig
+from nwb_llmdecode.engine import fit_arrays
+from nwb_llmdecode.salience import compute_salience, precision_at_k
+from nwb_llmdecode.synthetic import make_session
+
+METHODS = [m for m in SALIENCE_METHODS if m != "none"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=["recovery", "timing"], default="recovery")
+    p.add_argument("--frames", type=int, default=900)
+    p.add_argument("--rois", type=int, default=30)
+    p.add_argument("--drivers", type=int, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--steps", type=int, default=20, help="training batches (timing mode)")
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
+    args = p.parse_args(argv)
+
+    def emit(row: dict) -> None:
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.out is not None:
+            with args.out.open("a") as f:
+                f.write(line + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            path = Path(tmp) / f"session-{seed}.nwb"
+            truth = make_session(
+                path,
+                frames=args.frames,
+                rois=args.rois,
+                planes=1,
+                n_drivers=args.drivers,
+                seed=seed,
+                readout="bouts",
+            )
+            ds = load_session(path)
+            activity = ds.activity.values.astype(np.float32)
+            behavior = ds.behavior.values.astype(np.float32)
+            cfg = FitConfig(seed=seed, salience="none")
+            if args.mode == "timing":
+                cfg = cfg.replace(epochs=1, max_windows_per_epoch=args.steps * cfg.batch_size)
+            t0 = time.perf_counter()
+            res = fit_arrays(activity, behavior, config=cfg)
+            fit_s = time.perf_counter() - t0
+            z = res.normalization.activity(activity)
+            _, start, stop = res.splits[2]
+            for method in args.methods:
+                t0 = time.perf_counter()
+                sal = compute_salience(
+                    res.model,
+                    z,
+                    block=(start, stop),
+                    seq_len=cfg.seq_len,
+                    method=method,
+                    batch_size=cfg.eval_batch_size // 4,
+                )
+                seconds = time.perf_counter() - t0
+                emit(
+                    {
+                        "mode": args.mode,
+                        "seed": seed,
+                        "method": method,
+                        "frames": args.frames,
+                        "rois": args.rois,
+                        "test_frames": stop - start,
+                        "n_windows": int(sal.attrs["n_windows"]),
+                        "precision_at_k": precision_at_k(sal["salience"].values, truth.driver_rois),
+                        "k": args.drivers,
+                        "test_r2": round(float(res.metric("r2", "test").mean()), 3),
+                        "convergence_delta": sal.attrs.get("convergence_delta"),
+                        "seconds": round(seconds, 1),
+                        "fit_seconds": round(fit_s, 1),
+                        "peak_rss_gib": round(
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+                        ),
+                        "threads": torch.get_num_threads(),
+                    }
+                )
+
+
+if __name__ == "__main__":
+    main()
