@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                 n_drivers=args.drivers,
                 seed=seed,
                 readout="bouts",
+                # pixel masks: dense image masks of thousands of ROIs would dominate the file
+                mask="pixel",
+                summary_images=False,
             )
             ds = load_session(path)
             activity = ds.activity.values.astype(np.float32)

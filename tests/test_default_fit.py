@@ -25,6 +25,8 @@ from nwb_llmdecode.engine import fit_arrays
 from nwb_llmdecode.pipeline import FitReport, fit
 from nwb_llmdecode.synthetic import SyntheticTruth, make_session
 
+pytestmark = pytest.mark.slow  # about 8 minutes on two CPU cores; CI runs it
+
 SEEDS = (1, 2, 3)
 N_DRIVERS = 5
 

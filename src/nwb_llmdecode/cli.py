@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", dest="init_list", help="pretrained,random (default both)")
     p.add_argument("--seq-len", dest="seq_lens", help="comma-separated (default 5,10,20)")
     p.add_argument("--embedding", dest="embeddings", help="temporal,linear,positional (default temporal)")
-    p.add_argument("--train-mode", dest="train_modes", help="frozen,lora,full (default frozen)")
+    p.add_argument("--train-mode", dest="train_modes", help="frozen,lora,full (default full)")
     p.add_argument("--seeds", type=int, help="seeds per setting (default 3)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
