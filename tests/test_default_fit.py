@@ -85,7 +85,10 @@ def test_salience_recovers_the_planted_drivers(runs: dict[int, Run], seed: int) 
         # the table links to the ROI rows of the session's own PlaneSegmentation
         is_driver = np.asarray(region.table["synthetic_driver"].data[:], bool)[region.data[:]]
         method = mod["decoding_run"].to_dataframe().iloc[0]["salience_method"]
+        description = table.description
     assert method == "integrated-gradients"
+    assert "baseline: zeros in normalised space" in description
+    assert "convergence delta" in description
     assert is_driver.sum() == N_DRIVERS
     top = np.argsort(-salience)[:N_DRIVERS]
     recovered = is_driver[top].mean()

@@ -591,6 +591,13 @@ def _add_salience(
     rank = np.empty(len(per_roi), dtype=np.int64)
     rank[order] = np.arange(1, len(per_roi) + 1)
     method = str(sal.attrs.get("method", results.run.get("salience_method", "")))
+    how = method
+    delta = sal.attrs.get("convergence_delta")  # integrated gradients only
+    if delta is not None:
+        how += (
+            f"; baseline: {sal.attrs.get('baseline', 'zeros')}; convergence delta "
+            f"{float(delta):.3g} (mean |delta| / mean |output|)"
+        )
     ps_paths = json.loads(ds.attrs["plane_segmentations"])
     planes = ds["plane"].values
     several = len(ps_paths) > 1
@@ -602,7 +609,7 @@ def _add_salience(
         table = DynamicTable(
             name=f"roi_salience{suffix}",
             description=f"Salience of each ROI of {ps.name} for the decoded behaviour "
-            f"({method}, test block; channels: {', '.join(channel_names)}).",
+            f"({how}; test block; channels: {', '.join(channel_names)}).",
             columns=[
                 DynamicTableRegion(name="roi", data=rows.tolist(), table=ps,
                                    description=f"the ROI in {ps.name}"),
