@@ -35,8 +35,9 @@ def main() -> None:
         seeds=2 if args.fast else 3,
     )
     base = FitConfig(epochs=1 if args.fast else 15)
-    report = run_compare(truth.path, grid=grid, base=base, report_dir=work / "report",
-                         overwrite=True)
+    report = run_compare(
+        truth.path, grid=grid, base=base, report_dir=work / "report", overwrite=True
+    )
     summary = report.results.groupby("model")["test_r2_mean"].agg(["mean", "count"])
     print(summary.to_string())
     print(f"report: {report.html}")

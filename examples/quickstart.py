@@ -29,10 +29,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     # 1. A session with 10 planted driver ROIs that determine the tail angles.
-    size = dict(frames=300, rois=30, planes=2) if args.fast else dict(frames=2000, rois=200, planes=2)
+    size = (
+        dict(frames=300, rois=30, planes=2) if args.fast else dict(frames=2000, rois=200, planes=2)
+    )
     truth = make_session(work / "session.nwb", seed=0, overwrite=True, **size)
-    print(f"session: {truth.path} ({truth.n_rois} ROIs, {truth.n_frames} frames); "
-          f"drivers {truth.driver_rois.tolist()}")
+    print(
+        f"session: {truth.path} ({truth.n_rois} ROIs, {truth.n_frames} frames); "
+        f"drivers {truth.driver_rois.tolist()}"
+    )
 
     # 2. What is in it, as xarray.
     ds = load_session(truth.path)
@@ -40,14 +44,18 @@ def main() -> None:
 
     # 3. Fit the default decoder (MiniLM backbone, offline) and compute salience.
     # fast mode (CI): two epochs and the cheaper grad x input attribution
-    config = FitConfig(epochs=2 if args.fast else 30,
-                       salience="grad-x-input" if args.fast else "integrated-gradients")
+    config = FitConfig(
+        epochs=2 if args.fast else 30,
+        salience="grad-x-input" if args.fast else "integrated-gradients",
+    )
     report = fit(truth.path, config=config, overwrite=True)
     print(f"\nresults: {report.output}")
     for m in report.metrics:
         if m["split"] == "test":
-            print(f"  {m['behavior']}[{m['channel']}]: test R² {m['r2']:.3f}, "
-                  f"RMSE {m['rmse']:.3f} rad")
+            print(
+                f"  {m['behavior']}[{m['channel']}]: test R² {m['r2']:.3f}, "
+                f"RMSE {m['rmse']:.3f} rad"
+            )
 
     # 4. Did salience find the drivers?
     sal = report.results.salience

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "zebrafish_legare2025_fish6"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "zebrafish_legare2025_fish6"
+)
 DRIVERS = ("NMLF", "Cb", "IO", "SDMOS5")  # nMLF, cerebellum, inferior olive, medulla stripe 5
-CREDIT = ("Légaré et al., Borealis, doi:10.5683/SP3/IIVGOB (CC-BY 4.0), fish 6, "
-          "70-region subset")
+CREDIT = "Légaré et al., Borealis, doi:10.5683/SP3/IIVGOB (CC-BY 4.0), fish 6, 70-region subset"
 
 
 def build_session(data: Path, out: Path, *, frame_rate: float, seed: int = 0) -> list[int]:
@@ -57,8 +58,10 @@ def build_session(data: Path, out: Path, *, frame_rate: float, seed: int = 0) ->
     z = (activity - activity.mean(0)) / activity.std(0)
     lags = [0, 1, 1, 2]
     weights = np.array([0.9, -0.7, 0.6, 0.8])
-    drive = sum(w * np.r_[np.full(lag, z[0, r]), z[: n_frames - lag, r]]
-                for w, r, lag in zip(weights, drivers, lags, strict=True))
+    drive = sum(
+        w * np.r_[np.full(lag, z[0, r]), z[: n_frames - lag, r]]
+        for w, r, lag in zip(weights, drivers, lags, strict=True)
+    )
     per_frame = 0.5 * np.tanh(drive / drive.std())
     rate = 200.0
     t = np.arange(int(n_frames / frame_rate * rate)) / rate
@@ -78,20 +81,32 @@ def build_session(data: Path, out: Path, *, frame_rate: float, seed: int = 0) ->
         experiment_description=f"Data: {CREDIT}. Behaviour simulated; volume rate "
         f"assumed {frame_rate} Hz (not part of the data subset).",
     )
-    f.subject = Subject(subject_id="fish6", species="Danio rerio", age="P5D/P7D", sex="U",
-                        description="Tg(elavl3:H2B-GCaMP6s) larva")
+    f.subject = Subject(
+        subject_id="fish6",
+        species="Danio rerio",
+        age="P5D/P7D",
+        sex="U",
+        description="Tg(elavl3:H2B-GCaMP6s) larva",
+    )
     device = f.create_device(name="TwoPhotonMicroscope", description="as in the source study")
     plane = f.create_imaging_plane(
-        name="ImagingPlane", device=device, description="Top-view projection of 21 planes.",
+        name="ImagingPlane",
+        device=device,
+        description="Top-view projection of 21 planes.",
         optical_channel=OpticalChannel(name="GCaMP", description="GCaMP6s", emission_lambda=510.0),
-        excitation_lambda=920.0, imaging_rate=frame_rate, indicator="GCaMP6s",
-        location="whole brain", grid_spacing=[1.0, 1.0], grid_spacing_unit="micrometers",
+        excitation_lambda=920.0,
+        imaging_rate=frame_rate,
+        indicator="GCaMP6s",
+        location="whole brain",
+        grid_spacing=[1.0, 1.0],
+        grid_spacing_unit="micrometers",
     )
     ophys = f.create_processing_module("ophys", "Region-averaged activity.")
     seg = ImageSegmentation(name="ImageSegmentation")
     ophys.add(seg)
     ps = seg.create_plane_segmentation(
-        name="PlaneSegmentation", imaging_plane=plane,
+        name="PlaneSegmentation",
+        imaging_plane=plane,
         description="Brain regions as discs (radius 8 µm) at their centroids (x, y in µm, "
         "1 µm per pixel of the top projection).",
     )
@@ -100,34 +115,58 @@ def build_session(data: Path, out: Path, *, frame_rate: float, seed: int = 0) ->
     yy, xx = np.mgrid[-8:9, -8:9]
     disc = (xx**2 + yy**2) <= 64
     for (x, y, _z), a, n in zip(centroids, acr, names, strict=True):
-        px = [(int(round(x)) + dx, int(round(y)) + dy, 1.0)
-              for dx, dy in zip(xx[disc], yy[disc], strict=True)]
+        px = [
+            (round(x) + dx, round(y) + dy, 1.0) for dx, dy in zip(xx[disc], yy[disc], strict=True)
+        ]
         ps.add_roi(pixel_mask=px, acronym=str(a), region_name=str(n))
     dff = DfOverF(name="DfOverF")
     ophys.add(dff)
-    dff.add_roi_response_series(RoiResponseSeries(
-        name="RoiResponseSeries", data=activity, unit="n.a.", rate=frame_rate,
-        rois=ps.create_roi_table_region(region=list(range(n_regions)), description="regions"),
-        description="Normalised fluorescence averaged per region (source data).",
-    ))
-    ophys.add(Images(name="SummaryImages", description="Anatomy.", images=[
-        GrayscaleImage(name="top_projection", data=anatomy, description="Top-view projection.")
-    ]))
-    f.add_acquisition(TimeSeries(
-        name="tail_angle", data=tail.astype(np.float32)[:, None], unit="radians", rate=rate,
-        description="SIMULATED tail angle from regions " + ", ".join(DRIVERS) + ".",
-    ))
+    dff.add_roi_response_series(
+        RoiResponseSeries(
+            name="RoiResponseSeries",
+            data=activity,
+            unit="n.a.",
+            rate=frame_rate,
+            rois=ps.create_roi_table_region(region=list(range(n_regions)), description="regions"),
+            description="Normalised fluorescence averaged per region (source data).",
+        )
+    )
+    ophys.add(
+        Images(
+            name="SummaryImages",
+            description="Anatomy.",
+            images=[
+                GrayscaleImage(
+                    name="top_projection", data=anatomy, description="Top-view projection."
+                )
+            ],
+        )
+    )
+    f.add_acquisition(
+        TimeSeries(
+            name="tail_angle",
+            data=tail.astype(np.float32)[:, None],
+            unit="radians",
+            rate=rate,
+            description="SIMULATED tail angle from regions " + ", ".join(DRIVERS) + ".",
+        )
+    )
     with NWBHDF5IO(str(out), "w") as io:
         io.write(f)
     return drivers
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--frame-rate", type=float, default=1.0,
-                        help="assumed volume rate (Hz); not part of the data subset")
+    parser.add_argument(
+        "--frame-rate",
+        type=float,
+        default=1.0,
+        help="assumed volume rate (Hz); not part of the data subset",
+    )
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -145,8 +184,10 @@ def main() -> None:
     session = work / "legare2025_fish6_simulated.nwb"
     drivers = build_session(args.data, session, frame_rate=args.frame_rate)
     # fast mode (CI): two epochs and the cheaper grad x input attribution
-    config = FitConfig(epochs=1 if args.fast else 30,
-                       salience="grad-x-input" if args.fast else "integrated-gradients")
+    config = FitConfig(
+        epochs=1 if args.fast else 30,
+        salience="grad-x-input" if args.fast else "integrated-gradients",
+    )
     report = fit(session, config=config, overwrite=True)
     print(f"results: {report.output}")
     for m in report.metrics:

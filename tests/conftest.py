@@ -23,8 +23,13 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def multiplane_ts(session_dir: Path) -> SyntheticTruth:
     """Two planes, image masks, timestamped behaviour with a tracking gap."""
     return make_session(
-        session_dir / "multiplane_ts.nwb", frames=240, rois=40, planes=2, seed=1,
-        behavior_timestamps=True, behavior_gap=(40.0, 44.0),
+        session_dir / "multiplane_ts.nwb",
+        frames=240,
+        rois=40,
+        planes=2,
+        seed=1,
+        behavior_timestamps=True,
+        behavior_gap=(40.0, 44.0),
     )
 
 
@@ -32,7 +37,12 @@ def multiplane_ts(session_dir: Path) -> SyntheticTruth:
 def singleplane_rate(session_dir: Path) -> SyntheticTruth:
     """One plane, pixel masks, rate-based behaviour in acquisition."""
     return make_session(
-        session_dir / "singleplane_rate.nwb", frames=200, rois=24, planes=1, seed=2, mask="pixel",
+        session_dir / "singleplane_rate.nwb",
+        frames=200,
+        rois=24,
+        planes=1,
+        seed=2,
+        mask="pixel",
         fluorescence=False,
     )
 
@@ -41,6 +51,11 @@ def singleplane_rate(session_dir: Path) -> SyntheticTruth:
 def voxel_session(session_dir: Path) -> SyntheticTruth:
     """Three planes with voxel masks and a raw TwoPhotonSeries."""
     return make_session(
-        session_dir / "voxel.nwb", frames=120, rois=30, planes=3, seed=3, mask="voxel",
+        session_dir / "voxel.nwb",
+        frames=120,
+        rois=30,
+        planes=3,
+        seed=3,
+        mask="voxel",
         raw_imaging=True,
     )

@@ -19,8 +19,9 @@ EXE = [sys.executable, "-m", "nwb_llmdecode.cli"]
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [*EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def sha256(path: Path) -> str:
@@ -43,10 +44,12 @@ def test_help_is_fast_and_lists_commands():
     for cmd in ("inspect", "synth", "fit", "predict", "dandi"):
         assert cmd in proc.stdout
     # --help must not import the heavy stack
-    code = ("import sys, nwb_llmdecode.cli as c\n"
-            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'pynwb', 'h5py', 'xarray') "
-            "if m in sys.modules]\nprint(heavy)")
+    code = (
+        "import sys, nwb_llmdecode.cli as c\n"
+        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'pynwb', 'h5py', 'xarray') "
+        "if m in sys.modules]\nprint(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -58,10 +61,14 @@ def test_synth_then_inspect_json(tmp_path):
     truth = json.loads(proc.stdout)
     assert len(truth["driver_rois"]) == 3
     with h5py.File(out, "r") as f:
-        drivers = np.concatenate([
-            f[f"processing/ophys/ImageSegmentation/PlaneSegmentation_plane{p}/synthetic_driver"][:]
-            for p in (0, 1)
-        ])
+        drivers = np.concatenate(
+            [
+                f[
+                    f"processing/ophys/ImageSegmentation/PlaneSegmentation_plane{p}/synthetic_driver"
+                ][:]
+                for p in (0, 1)
+            ]
+        )
     assert np.flatnonzero(drivers).tolist() == truth["driver_rois"]
 
     proc = run("inspect", out, "--json")
@@ -91,26 +98,35 @@ def bad_files(tmp_path_factory, singleplane_rate):
     good = singleplane_rate.path
     data = good.read_bytes()
     (d / "truncated.nwb").write_bytes(data[: len(data) // 3])
-    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
     import datetime as dt
 
-    f = NWBFile(session_description="no ophys", identifier="x",
-                session_start_time=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc))
-    f.add_acquisition(TimeSeries(name="speed", data=np.random.rand(100), unit="m/s", rate=10.0))
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+
+    f = NWBFile(
+        session_description="no ophys",
+        identifier="x",
+        session_start_time=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
+    )
+    f.add_acquisition(
+        TimeSeries(name="speed", data=np.random.default_rng(0).random(100), unit="m/s", rate=10.0)
+    )
     with NWBHDF5IO(str(d / "no_ophys.nwb"), "w") as io:
         io.write(f)
     (d / "folder.nwb").mkdir()
     return d
 
 
-@pytest.mark.parametrize("name,needles", [
-    ("missing.nwb", ["missing.nwb", "no such file"]),
-    ("folder.nwb", ["folder.nwb", "is a directory"]),
-    ("notes.txt", ["notes.txt", "not an HDF5 file"]),
-    ("plain.h5", ["plain.h5", "not NWB", "nwb_version"]),
-    ("truncated.nwb", ["truncated.nwb", "truncated"]),
-    ("no_ophys.nwb", ["no_ophys.nwb", "no ophys ROI data"]),
-])
+@pytest.mark.parametrize(
+    "name,needles",
+    [
+        ("missing.nwb", ["missing.nwb", "no such file"]),
+        ("folder.nwb", ["folder.nwb", "is a directory"]),
+        ("notes.txt", ["notes.txt", "not an HDF5 file"]),
+        ("plain.h5", ["plain.h5", "not NWB", "nwb_version"]),
+        ("truncated.nwb", ["truncated.nwb", "truncated"]),
+        ("no_ophys.nwb", ["no_ophys.nwb", "no ophys ROI data"]),
+    ],
+)
 def test_bad_sources_give_one_line_errors(bad_files, name, needles):
     path = bad_files / name
     before = sha256(path) if path.is_file() else None
@@ -129,7 +145,9 @@ def test_bad_selection_lists_what_exists(multiplane_ts, tmp_path):
     shutil.copy(multiplane_ts.path, src)
     before = sha256(src)
     proc = run("fit", src, "--rois", "nope", "--epochs", "1")
-    assert_one_line_error(proc, "no ROI series 'nope'", "processing/ophys/DfOverF/RoiResponseSeries_plane0")
+    assert_one_line_error(
+        proc, "no ROI series 'nope'", "processing/ophys/DfOverF/RoiResponseSeries_plane0"
+    )
     proc = run("fit", src, "--behavior", "speed", "--epochs", "1")
     assert_one_line_error(proc, "no behaviour series 'speed'", "tail_angles")
     assert sha256(src) == before

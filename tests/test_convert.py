@@ -27,8 +27,9 @@ def fish(tmp_path):
 
 def test_convert_without_positions(fish, tmp_path):
     paths, neural, tail, _ = fish
-    out = convert_nlp4neuro(paths["neural"], paths["tail"], tmp_path / "fish9.nwb",
-                            frame_rate=2.0, age="P7D")
+    out = convert_nlp4neuro(
+        paths["neural"], paths["tail"], tmp_path / "fish9.nwb", frame_rate=2.0, age="P7D"
+    )
     assert validate(path=str(out)) == []
     ds = load_session(out)
     np.testing.assert_array_equal(ds["activity"].values, neural[:, :-2].T)
@@ -44,11 +45,17 @@ def test_convert_without_positions(fish, tmp_path):
 
 
 def test_convert_with_positions_and_full_tail(fish, tmp_path):
-    paths, neural, tail, full = fish
+    paths, _neural, _tail, full = fish
     pos = np.column_stack([np.arange(40), 2 * np.arange(40)]).astype(float)
     np.save(tmp_path / "pos.npy", pos)
-    out = convert_nlp4neuro(paths["neural"], paths["tail"], tmp_path / "f.nwb", frame_rate=2.0,
-                            tail_full=paths["full"], positions=tmp_path / "pos.npy")
+    out = convert_nlp4neuro(
+        paths["neural"],
+        paths["tail"],
+        tmp_path / "f.nwb",
+        frame_rate=2.0,
+        tail_full=paths["full"],
+        positions=tmp_path / "pos.npy",
+    )
     assert validate(path=str(out)) == []
     with pytest.raises(Exception, match="2 behaviour series"):
         load_session(out)
@@ -66,7 +73,7 @@ def test_convert_bad_input(fish, tmp_path):
         convert_nlp4neuro(tmp_path / "nope.npy", paths["tail"], tmp_path / "x.nwb", frame_rate=1)
     short = tmp_path / "short.npy"
     np.save(short, np.zeros((10, 6)))
-    with pytest.raises(DataError, match="10 frames, but .* has 150"):
+    with pytest.raises(DataError, match=r"10 frames, but .* has 150"):
         convert_nlp4neuro(paths["neural"], short, tmp_path / "x.nwb", frame_rate=1)
     with pytest.raises(DataError, match="frame rate"):
         convert_nlp4neuro(paths["neural"], paths["tail"], tmp_path / "x.nwb", frame_rate=0)

@@ -15,9 +15,13 @@ DATA = ROOT.parent / "shared" / "data" / "zebrafish_legare2025_fish6"
 
 def run_example(name: str, tmp_path: Path, *extra: str) -> str:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--fast", "--out",
-                           str(tmp_path), *extra], capture_output=True, text=True, env=env,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), "--fast", "--out", str(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -35,8 +39,10 @@ def test_compare_example(tmp_path):
         assert (tmp_path / "report" / name).exists()
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="the shared zebrafish data folder is not beside "
-                    "the repository (../shared/data)")
+@pytest.mark.skipif(
+    not DATA.is_dir(),
+    reason="the shared zebrafish data folder is not beside the repository (../shared/data)",
+)
 def test_zebrafish_real_data(tmp_path):
     out = run_example("zebrafish_real_data.py", tmp_path)
     assert "SIMULATED" in out and "Légaré" in out and "most salient regions" in out

@@ -413,8 +413,6 @@ def test_fit_widget_lists_the_series_of_the_open_session(
     assert fw.salience.value == config.FitConfig().salience
 
 
-
-
 def test_fit_widget_runs_fit_in_a_worker_and_opens_the_results(
     make_napari_viewer, qtbot, files: PlantedFiles, tmp_path: Path
 ) -> None:

@@ -97,14 +97,21 @@ def _mask_centroids_reference(f: h5py.File, ps_path: str, kind: str) -> np.ndarr
     for end in ends:
         r = rec[start:end]
         w = r["weight"]
-        out.append([(r[k] * w).sum() / w.sum() for k in ("x", "y", "z")[: 3 if kind == "voxel" else 2]])
+        out.append(
+            [(r[k] * w).sum() / w.sum() for k in ("x", "y", "z")[: 3 if kind == "voxel" else 2]]
+        )
         start = end
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("fixture,kind", [
-    ("multiplane_ts", "image"), ("singleplane_rate", "pixel"), ("voxel_session", "voxel"),
-])
+@pytest.mark.parametrize(
+    "fixture,kind",
+    [
+        ("multiplane_ts", "image"),
+        ("singleplane_rate", "pixel"),
+        ("voxel_session", "voxel"),
+    ],
+)
 def test_mask_centroids_and_labels(request, fixture, kind):
     truth = request.getfixturevalue(fixture)
     with warnings.catch_warnings():
@@ -130,7 +137,7 @@ def test_mask_centroids_and_labels(request, fixture, kind):
         zz, yy, xx = np.nonzero(labels == roi + 1)
         if len(zz) == 0:  # fully covered by a later, overlapping ROI
             continue
-        assert np.all(zz == int(round(float(ds["z"].values[roi]))))
+        assert np.all(zz == round(float(ds["z"].values[roi])))
         assert abs(xx.mean() - ds["x"].values[roi]) < 4
         assert abs(yy.mean() - ds["y"].values[roi]) < 4
     visible = len(set(np.unique(labels)) - {0})
@@ -141,7 +148,7 @@ class _CountingFile(io.RawIOBase):
     """A real file whose reads are counted (h5py reads through Python file objects)."""
 
     def __init__(self, path: Path) -> None:
-        self.f = open(path, "rb")  # noqa: SIM115
+        self.f = open(path, "rb")
         self.bytes_read = 0
 
     def readable(self) -> bool:
@@ -169,8 +176,16 @@ class _CountingFile(io.RawIOBase):
 def test_reading_is_lazy_raw_imaging_costs_nothing(session_dir):
     from nwb_llmdecode.synthetic import make_session
 
-    truth = make_session(session_dir / "raw_heavy.nwb", frames=300, rois=400, planes=1, seed=5,
-                         raw_imaging=True, mask="pixel", fluorescence=False)
+    truth = make_session(
+        session_dir / "raw_heavy.nwb",
+        frames=300,
+        rois=400,
+        planes=1,
+        seed=5,
+        raw_imaging=True,
+        mask="pixel",
+        fluorescence=False,
+    )
     size = truth.path.stat().st_size
     with h5py.File(truth.path, "r") as f:
         raw = f["acquisition/TwoPhotonSeries/data"]
@@ -199,12 +214,12 @@ def test_selection_by_path_name_and_container(multiplane_ts):
         assert default["activity"].attrs["long_name"] == "ΔF/F"
         by_name = load_session(path, behavior="tail_angles")
         np.testing.assert_array_equal(by_name["behavior"].values, default["behavior"].values)
-    with pytest.raises(SelectionError, match="no ROI series 'nope'.*available: processing/ophys"):
+    with pytest.raises(SelectionError, match=r"no ROI series 'nope'.*available: processing/ophys"):
         load_session(path, rois="nope")
     # the same name exists in DfOverF and Fluorescence: both refer to one ROI table
     with pytest.raises(SelectionError, match="same ROI table"):
         load_session(path, rois="RoiResponseSeries_plane0")
-    with pytest.raises(SelectionError, match="no behaviour series 'speed'.*tail_angles"):
+    with pytest.raises(SelectionError, match=r"no behaviour series 'speed'.*tail_angles"):
         load_session(path, behavior="speed")
 
 
@@ -220,21 +235,52 @@ def many_behaviours(singleplane_rate, tmp_path_factory):
         f = nwb_io.read()
         mod = f.create_processing_module("behavior", "Tracking.")
         pos = Position(name="Position")
-        pos.add_spatial_series(SpatialSeries(name="head", data=np.random.rand(500, 2),
-                                             reference_frame="tank corner", rate=5.0,
-                                             starting_time=1.0, description="head xy"))
+        pos.add_spatial_series(
+            SpatialSeries(
+                name="head",
+                data=np.random.default_rng(0).random((500, 2)),
+                reference_frame="tank corner",
+                rate=5.0,
+                starting_time=1.0,
+                description="head xy",
+            )
+        )
         mod.add(pos)
         comp = CompassDirection(name="CompassDirection")
-        comp.add_spatial_series(SpatialSeries(name="heading", data=np.random.rand(500),
-                                              reference_frame="north", unit="radians", rate=5.0,
-                                              starting_time=1.0, description="heading"))
+        comp.add_spatial_series(
+            SpatialSeries(
+                name="heading",
+                data=np.random.default_rng(1).random(500),
+                reference_frame="north",
+                unit="radians",
+                rate=5.0,
+                starting_time=1.0,
+                description="heading",
+            )
+        )
         mod.add(comp)
         pupil = PupilTracking(name="PupilTracking")
-        pupil.add_timeseries(TimeSeries(name="pupil_radius", data=np.random.rand(500), unit="m",
-                                        rate=5.0, starting_time=1.0, description="pupil"))
+        pupil.add_timeseries(
+            TimeSeries(
+                name="pupil_radius",
+                data=np.random.default_rng(2).random(500),
+                unit="m",
+                rate=5.0,
+                starting_time=1.0,
+                description="pupil",
+            )
+        )
         mod.add(pupil)
-        f.add_acquisition(TimeSeries(name="late", data=np.random.rand(100), unit="a.u.",
-                                     rate=10.0, starting_time=10_000.0, description="late"))
+        f.add_acquisition(
+            TimeSeries(
+                name="late",
+                data=np.random.default_rng(3).random(100),
+                unit="a.u.",
+                rate=10.0,
+                starting_time=10_000.0,
+                description="late",
+            )
+        )
         nwb_io.write(f)
     return path
 
@@ -263,7 +309,7 @@ def test_inspect_lists_everything(many_behaviours):
 
 
 def test_ambiguous_behaviour_lists_choices_and_several_concatenate(many_behaviours):
-    with pytest.raises(SelectionError, match="5 behaviour series.*Position/head"):
+    with pytest.raises(SelectionError, match=r"5 behaviour series.*Position/head"):
         load_session(many_behaviours)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AlignmentWarning)

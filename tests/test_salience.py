@@ -71,8 +71,9 @@ def _reference(model, x, block, seq_len, method):
 @pytest.mark.parametrize("method", ["saliency", "grad-x-input", "integrated-gradients"])
 def test_matches_direct_autograd(setup, method):
     model, x = setup
-    sal = compute_salience(model, x, block=(60, 120), seq_len=8, method=method, batch_size=7,
-                           n_steps=64)
+    sal = compute_salience(
+        model, x, block=(60, 120), seq_len=8, method=method, batch_size=7, n_steps=64
+    )
     ref_by_out, ref_course = _reference(model, x, (60, 120), 8, method)
     tol = 2e-2 if method == "integrated-gradients" else 1e-5
     np.testing.assert_allclose(sal["salience_by_output"].values, ref_by_out, rtol=tol, atol=1e-6)

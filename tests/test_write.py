@@ -17,7 +17,12 @@ from nwb_llmdecode import load_session
 from nwb_llmdecode.errors import OutputExistsError
 from nwb_llmdecode.io.read import AlignmentWarning, read_session, run_config
 from nwb_llmdecode.io.sources import open_nwb
-from nwb_llmdecode.io.write import DecodingResults, default_output_path, write_derived, write_in_place
+from nwb_llmdecode.io.write import (
+    DecodingResults,
+    default_output_path,
+    write_derived,
+    write_in_place,
+)
 
 
 def _results(ds: xr.Dataset, seed: int = 0) -> DecodingResults:
@@ -38,18 +43,34 @@ def _results(ds: xr.Dataset, seed: int = 0) -> DecodingResults:
     return DecodingResults(
         session=ds,
         predictions=pred.astype(np.float32),
-        splits=[("train", 0, third), ("validation", third + 5, 2 * third), ("test", 2 * third + 5, t)],
+        splits=[
+            ("train", 0, third),
+            ("validation", third + 5, 2 * third),
+            ("test", 2 * third + 5, t),
+        ],
         metrics=[
             {"channel": ch, "split": s, "rmse": 0.1 + ch, "r2": 0.5, "pearson": 0.7, "n_frames": 10}
-            for ch in range(c) for s in ("train", "validation", "test")
+            for ch in range(c)
+            for s in ("train", "validation", "test")
         ],
-        run={"backbone": "minilm", "init": "pretrained", "train_mode": "frozen", "seq_len": 20,
-             "epochs": 3, "seed": seed, "salience_method": "integrated-gradients",
-             "package_version": "test", "device": "cpu", "duration_s": 1.5,
-             "config_json": json.dumps({"backbone": "minilm"})},
+        run={
+            "backbone": "minilm",
+            "init": "pretrained",
+            "train_mode": "frozen",
+            "seq_len": 20,
+            "epochs": 3,
+            "seed": seed,
+            "salience_method": "integrated-gradients",
+            "package_version": "test",
+            "device": "cpu",
+            "duration_s": 1.5,
+            "config_json": json.dumps({"backbone": "minilm"}),
+        },
         salience=sal,
-        ablation=[{"k": 10, "kind": "salient", "draw": 0, "rmse": 1.2, "delta_rmse": 0.3},
-                  {"k": 10, "kind": "random", "draw": 0, "rmse": 0.95, "delta_rmse": 0.05}],
+        ablation=[
+            {"k": 10, "kind": "salient", "draw": 0, "rmse": 1.2, "delta_rmse": 0.3},
+            {"k": 10, "kind": "random", "draw": 0, "rmse": 0.95, "delta_rmse": 0.05},
+        ],
     )
 
 
@@ -66,10 +87,19 @@ def _check_module(path, res: DecodingResults, several_planes: bool) -> None:
         np.testing.assert_allclose(pred.get_timestamps(), ds["time"].values, rtol=0, atol=1e-9)
         splits = mod["decoding_splits"].to_dataframe()
         assert splits["split"].tolist() == ["train", "validation", "test"]
-        np.testing.assert_allclose(splits["start_time"].iloc[1], ds["time"].values[res.splits[1][1]])
+        np.testing.assert_allclose(
+            splits["start_time"].iloc[1], ds["time"].values[res.splits[1][1]]
+        )
         metrics = mod["decoding_metrics"].to_dataframe()
-        assert set(metrics.columns) >= {"behavior", "channel", "split", "rmse", "r2", "pearson",
-                                        "n_frames"}
+        assert set(metrics.columns) >= {
+            "behavior",
+            "channel",
+            "split",
+            "rmse",
+            "r2",
+            "pearson",
+            "n_frames",
+        }
         assert len(metrics) == len(res.metrics)
         run = mod["decoding_run"].to_dataframe().iloc[0]
         assert run["backbone"] == "minilm"
@@ -87,9 +117,12 @@ def _check_module(path, res: DecodingResults, several_planes: bool) -> None:
             region = table["roi"]
             assert region.table.name == plane
             np.testing.assert_array_equal(region.data[:], ds["roi_row"].values[sel])
-            np.testing.assert_allclose(table["salience"].data[:], res.salience["salience"].values[sel])
-            np.testing.assert_allclose(table["salience_by_output"].data[:],
-                                       res.salience["salience_by_output"].values[sel])
+            np.testing.assert_allclose(
+                table["salience"].data[:], res.salience["salience"].values[sel]
+            )
+            np.testing.assert_allclose(
+                table["salience_by_output"].data[:], res.salience["salience_by_output"].values[sel]
+            )
             ranks.append(np.asarray(table["rank"].data[:]))
             course = mod[name.replace("roi_salience", "salience_timecourse")]
             assert course.unit == "a.u." and "not fluorescence" in course.description

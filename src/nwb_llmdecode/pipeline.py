@@ -21,7 +21,13 @@ from .config import FitConfig
 from .errors import ConfigError, DataError, OutputExistsError
 from .io.read import RESULTS_MODULE, read_session
 from .io.sources import is_remote, open_nwb
-from .io.write import DecodingResults, check_output, default_output_path, write_derived, write_in_place
+from .io.write import (
+    DecodingResults,
+    check_output,
+    default_output_path,
+    write_derived,
+    write_in_place,
+)
 
 __all__ = ["FitReport", "ablate", "explain", "fit", "predict"]
 
@@ -90,7 +96,10 @@ def _named_metrics(ds: Any, metrics: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def _resolve_output(
-    source: str | os.PathLike[str], out: str | os.PathLike[str] | None, *, in_place: bool,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
+    *,
+    in_place: bool,
     overwrite: bool,
 ) -> Path:
     if in_place:
@@ -208,7 +217,7 @@ def fit(
         "init": config.init,
         "train_mode": config.train_mode,
         "seq_len": int(config.seq_len),
-        "epochs": int(len(result.history)) if result.history else int(config.epochs),
+        "epochs": len(result.history) if result.history else int(config.epochs),
         "seed": int(config.seed),
         "salience_method": config.salience if salience is not None else "none",
         "package_version": __version__,
@@ -248,7 +257,9 @@ def fit(
             "channels": [
                 {"behavior": str(s), "channel": int(c), "unit": str(u)}
                 for s, c, u in zip(
-                    ds["series"].values, ds["series_channel"].values, ds["unit"].values,
+                    ds["series"].values,
+                    ds["series_channel"].values,
+                    ds["unit"].values,
                     strict=True,
                 )
             ],
@@ -277,8 +288,13 @@ def _ablation_rmse(result: Any, z: np.ndarray, behaviour: np.ndarray, block: Any
     def evaluate(rois: np.ndarray) -> float:
         zz = z.copy()
         zz[:, np.asarray(rois, dtype=np.int64)] = 0.0
-        pred_n = predict_blocks(result.model, zz, [block], seq_len=result.config.seq_len,
-                                batch_size=result.config.eval_batch_size)
+        pred_n = predict_blocks(
+            result.model,
+            zz,
+            [block],
+            seq_len=result.config.seq_len,
+            batch_size=result.config.eval_batch_size,
+        )
         pred = result.normalization.behavior_units(pred_n)[block.start : block.stop]
         err = (pred - target) ** 2
         return float(np.mean(np.sqrt(np.nanmean(err, axis=0))))
@@ -313,15 +329,24 @@ def explain(
     block = _test_block(result)
     z = result.normalization.activity(activity)
     sal = compute_salience(
-        result.model, z, block=(block.start, block.stop), seq_len=result.config.seq_len,
-        method=method, batch_size=result.config.batch_size, device=str(result.device),
+        result.model,
+        z,
+        block=(block.start, block.stop),
+        seq_len=result.config.seq_len,
+        method=method,
+        batch_size=result.config.batch_size,
+        device=str(result.device),
         progress=progress,
     )
     rows = None
     if ablation:
-        rows = ablation_check(_ablation_rmse(result, z, behaviour, block),
-                              sal["salience"].values, ks=ablation, draws=draws,
-                              seed=result.config.seed)
+        rows = ablation_check(
+            _ablation_rmse(result, z, behaviour, block),
+            sal["salience"].values,
+            ks=ablation,
+            draws=draws,
+            seed=result.config.seed,
+        )
     return sal, rows
 
 
@@ -380,7 +405,9 @@ def predict(
             "package_version": __version__,
             "device": "cpu",
             "duration_s": time.perf_counter() - t0,
-            "config_json": json.dumps({"predict_from": str(ckpt), "config": json.loads(cfg.to_json())}),
+            "config_json": json.dumps(
+                {"predict_from": str(ckpt), "config": json.loads(cfg.to_json())}
+            ),
         },
     )
     with open_nwb(source, cache_dir=cache_dir) as src:
@@ -455,7 +482,10 @@ def ablate(
 
     rows_out = ablation_check(
         _ablation_rmse(ckpt, z, behaviour, Block("test", start, stop)),
-        np.nan_to_num(salience, nan=-np.inf), ks=ks, draws=draws, seed=ckpt.config.seed,
+        np.nan_to_num(salience, nan=-np.inf),
+        ks=ks,
+        draws=draws,
+        seed=ckpt.config.seed,
     )
     if write:
         write_ablation(path, rows_out)

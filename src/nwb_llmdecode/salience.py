@@ -139,7 +139,10 @@ def compute_salience(
         for c in range(n_channels):
             if method == "integrated-gradients":
                 attr, delta = explainer.attribute(
-                    inp, baselines=torch.zeros_like(inp), target=c, n_steps=n_steps,
+                    inp,
+                    baselines=torch.zeros_like(inp),
+                    target=c,
+                    n_steps=n_steps,
                     internal_batch_size=max(batch_size, len(s)) * 4,
                     return_convergence_delta=True,
                 )
@@ -154,8 +157,9 @@ def compute_salience(
             by_output[c] += a.sum(dim=(0, 1))
             batch_abs += a
         course_sum.index_add_(0, frames.reshape(-1), (batch_abs / n_channels).reshape(-1, n_rois))
-        course_n.index_add_(0, frames.reshape(-1), torch.ones(frames.numel(), dtype=torch.float64,
-                                                              device=device))
+        course_n.index_add_(
+            0, frames.reshape(-1), torch.ones(frames.numel(), dtype=torch.float64, device=device)
+        )
         if progress:
             progress(f"salience ({method})", b + 1, n_batches)
     model.train(was_training)

@@ -74,7 +74,8 @@ def convert_nlp4neuro(
         Optional ``.npy`` of ROI positions (neurons x 2 or 3, pixels: x, y[, z]); written
         as one-pixel (or one-voxel) masks. Without it the ROI table has no masks.
     subject_id, age, session_start_time
-        Session metadata (``age`` in ISO 8601, e.g. ``P7D``; not in the files) (the start time defaults to the Unix epoch, stated as unknown).
+        Session metadata (``age`` in ISO 8601, e.g. ``P7D``; not in the files). The start
+        time defaults to the Unix epoch, stated as unknown.
     overwrite
         Replace ``out``.
 
@@ -128,13 +129,19 @@ def convert_nlp4neuro(
             + ("ROI positions are unknown: the source files carry none." if pos is None else "")
         ),
     )
-    nwbfile.subject = Subject(subject_id=subject_id, species="Danio rerio", sex="U", age=age,
-                              description="Larval zebrafish (NLP4Neuro dataset).")
+    nwbfile.subject = Subject(
+        subject_id=subject_id,
+        species="Danio rerio",
+        sex="U",
+        age=age,
+        description="Larval zebrafish (NLP4Neuro dataset).",
+    )
     device = nwbfile.create_device(name="Microscope", description="As in the source dataset.")
     plane = nwbfile.create_imaging_plane(
         name="ImagingPlane",
-        optical_channel=OpticalChannel(name="GCaMP", description="calcium indicator emission",
-                                       emission_lambda=np.nan),
+        optical_channel=OpticalChannel(
+            name="GCaMP", description="calcium indicator emission", emission_lambda=np.nan
+        ),
         description="Whole-brain volume (details in the source publication).",
         device=device,
         excitation_lambda=np.nan,
@@ -158,15 +165,18 @@ def convert_nlp4neuro(
             "source files carry none, so every pixel mask is empty.",
             imaging_plane=plane,
             id=np.arange(n_rois),
-            columns=[empty, VectorIndex(name="pixel_mask_index", data=np.zeros(n_rois, dtype=np.int64),
-                                        target=empty)],
+            columns=[
+                empty,
+                VectorIndex(
+                    name="pixel_mask_index", data=np.zeros(n_rois, dtype=np.int64), target=empty
+                ),
+            ],
             colnames=["pixel_mask"],
         )
     else:
         ps = seg.create_plane_segmentation(
             name="PlaneSegmentation",
-            description="Neurons of the NLP4Neuro dataset as one-pixel masks at their "
-            "positions.",
+            description="Neurons of the NLP4Neuro dataset as one-pixel masks at their positions.",
             imaging_plane=plane,
         )
         for p in pos:
@@ -205,7 +215,9 @@ def convert_nlp4neuro(
     if tail_full is not None:
         full = _load(tail_full, "tail_data_full")
         if full.ndim != 2 or full.shape[1] != 8:
-            raise DataError(f"{tail_full}: expected samples x 8 (6 angles, t, frame), got {full.shape}")
+            raise DataError(
+                f"{tail_full}: expected samples x 8 (6 angles, t, frame), got {full.shape}"
+            )
         nwbfile.add_acquisition(
             TimeSeries(
                 name="tail_angles_full",

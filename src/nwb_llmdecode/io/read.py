@@ -25,8 +25,8 @@ from .align import frame_average, frame_edges, sample_range
 from .sources import NWBSource, open_nwb
 
 __all__ = [
-    "AlignmentWarning",
     "RESULTS_MODULE",
+    "AlignmentWarning",
     "inspect_source",
     "inventory",
     "load_images",
@@ -226,7 +226,12 @@ def inventory(src: NWBSource) -> _Inventory:
             )
         elif isinstance(obj, Image):
             images.append(
-                {"path": path, "name": obj.name, "type": type(obj).__name__, "shape": _shape(obj.data)}
+                {
+                    "path": path,
+                    "name": obj.name,
+                    "type": type(obj).__name__,
+                    "shape": _shape(obj.data),
+                }
             )
     return _Inventory(rois, behavior, images, planes, segs, objects)
 
@@ -281,7 +286,9 @@ def _match(query: str, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [
         c
         for c in candidates
-        if c["name"] == q or c["path"].endswith("/" + q) or c["path"].startswith(q + "/")
+        if c["name"] == q
+        or c["path"].endswith("/" + q)
+        or c["path"].startswith(q + "/")
         or ("/" + q + "/") in ("/" + c["path"])
     ]
 
@@ -316,9 +323,7 @@ def _select_rois(
         for q in queries:
             found = _match(q, cands)
             if not found:
-                raise SelectionError(
-                    f"{label}: no ROI series {q!r}; available: {_listing(cands)}"
-                )
+                raise SelectionError(f"{label}: no ROI series {q!r}; available: {_listing(cands)}")
             chosen.extend(c for c in found if c not in chosen)
         tables = [c["plane_segmentation"] for c in chosen]
         if len(set(tables)) != len(tables):
@@ -350,7 +355,9 @@ def _select_behavior(
     for q in queries:
         found = _match(q, cands)
         if not found:
-            raise SelectionError(f"{label}: no behaviour series {q!r}; available: {_listing(cands)}")
+            raise SelectionError(
+                f"{label}: no behaviour series {q!r}; available: {_listing(cands)}"
+            )
         chosen.extend(c for c in found if c not in chosen)
     return chosen
 
@@ -513,7 +520,9 @@ def read_session(
             i0, i1 = np.searchsorted(t_all, [edges[0], edges[-1]], side="left")
             t = t_all[i0:i1]
         else:
-            i0, i1 = sample_range(edges, start=float(ts.starting_time or 0.0), rate=float(ts.rate), n_samples=n)
+            i0, i1 = sample_range(
+                edges, start=float(ts.starting_time or 0.0), rate=float(ts.rate), n_samples=n
+            )
             t = float(ts.starting_time or 0.0) + np.arange(i0, i1) / float(ts.rate)
         if i1 <= i0:
             raise AlignmentError(
@@ -668,7 +677,9 @@ def roi_label_volume(src: NWBSource, plane_segmentations: Sequence[str]) -> np.n
             shapes.append(_shape(ps["image_mask"].data)[-2:])
         elif col in ("pixel_mask", "voxel_mask"):
             rec, _ = _ragged(ps, col)
-            shapes.append((int(np.max(rec["y"])) + 1, int(np.max(rec["x"])) + 1) if len(rec) else (1, 1))
+            shapes.append(
+                (int(np.max(rec["y"])) + 1, int(np.max(rec["x"])) + 1) if len(rec) else (1, 1)
+            )
             if col == "voxel_mask" and len(rec):
                 zmax = max(zmax, int(np.max(rec["z"])) + 1)
         else:
@@ -694,9 +705,9 @@ def roi_label_volume(src: NWBSource, plane_segmentations: Sequence[str]) -> np.n
             lab = np.repeat(np.arange(n), np.diff(np.concatenate([[0], ends])))
             zz = np.rint(rec["z"]).astype(int) if col == "voxel_mask" else np.full(len(rec), z)
             keep = rec["weight"] > 0
-            vol[zz[keep], np.rint(rec["y"][keep]).astype(int), np.rint(rec["x"][keep]).astype(int)] = (
-                offset + lab[keep] + 1
-            )
+            vol[
+                zz[keep], np.rint(rec["y"][keep]).astype(int), np.rint(rec["x"][keep]).astype(int)
+            ] = offset + lab[keep] + 1
         offset += n
     return vol
 
@@ -713,8 +724,10 @@ def run_config(config_json: str) -> dict[str, Any]:
     """
 
     def unpack(v: Any) -> Any:
-        if isinstance(v, list) and v and all(
-            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v
+        if (
+            isinstance(v, list)
+            and v
+            and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in v)
         ):
             return {k: unpack(x) for k, x in v}
         return v

@@ -131,8 +131,12 @@ def default_output_path(source: str | os.PathLike[str], *, directory: Path | Non
     name = s.split("?")[0].rsplit("/", 1)[-1] or "session"
     stem = name[:-4] if name.lower().endswith(".nwb") else name
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
-    parent = directory if directory is not None else (
-        Path(s).parent if "://" not in s and not s.upper().startswith("DANDI:") else Path.cwd()
+    parent = (
+        directory
+        if directory is not None
+        else (
+            Path(s).parent if "://" not in s and not s.upper().startswith("DANDI:") else Path.cwd()
+        )
     )
     return parent / f"{stem}_desc-llmdecode.nwb"
 
@@ -282,7 +286,9 @@ def _container_for(
     return module, None
 
 
-def _add_series(out: Any, path: str, series: Any, src_objects: dict[str, Any], modules: dict) -> None:
+def _add_series(
+    out: Any, path: str, series: Any, src_objects: dict[str, Any], modules: dict
+) -> None:
     parent, cname = _container_for(out, path, src_objects, modules)
     if parent is out:
         out.add_acquisition(series)
@@ -389,9 +395,7 @@ def _build_derived(src: NWBSource, session: xr.Dataset) -> tuple[Any, dict[str, 
         if not isinstance(src_images, Images):
             continue
         module, _ = _container_for(out, container_path, objects, modules)
-        module.add(
-            Images(name=src_images.name, description=src_images.description, images=images)
-        )
+        module.add(Images(name=src_images.name, description=src_images.description, images=images))
     return out, ps_map
 
 
@@ -473,7 +477,8 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
     module.add(splits)
 
     channel_names = [
-        f"{s}[{int(c)}]" for s, c in zip(ds["series"].values, ds["series_channel"].values, strict=True)
+        f"{s}[{int(c)}]"
+        for s, c in zip(ds["series"].values, ds["series_channel"].values, strict=True)
     ]
     m = results.metrics
     module.add(
@@ -481,20 +486,41 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
             name="decoding_metrics",
             description="Decoding quality per behaviour channel and split (original units).",
             columns=[
-                VectorData(name="behavior", description="behaviour series name",
-                           data=[str(ds["series"].values[r["channel"]]) for r in m]),
-                VectorData(name="channel", description="channel index within the series",
-                           data=[int(ds["series_channel"].values[r["channel"]]) for r in m]),
-                VectorData(name="split", description="train, validation or test",
-                           data=[str(r["split"]) for r in m]),
-                VectorData(name="rmse", description="root mean squared error",
-                           data=[float(r["rmse"]) for r in m]),
-                VectorData(name="r2", description="coefficient of determination",
-                           data=[float(r["r2"]) for r in m]),
-                VectorData(name="pearson", description="Pearson correlation",
-                           data=[float(r["pearson"]) for r in m]),
-                VectorData(name="n_frames", description="frames evaluated",
-                           data=[int(r["n_frames"]) for r in m]),
+                VectorData(
+                    name="behavior",
+                    description="behaviour series name",
+                    data=[str(ds["series"].values[r["channel"]]) for r in m],
+                ),
+                VectorData(
+                    name="channel",
+                    description="channel index within the series",
+                    data=[int(ds["series_channel"].values[r["channel"]]) for r in m],
+                ),
+                VectorData(
+                    name="split",
+                    description="train, validation or test",
+                    data=[str(r["split"]) for r in m],
+                ),
+                VectorData(
+                    name="rmse",
+                    description="root mean squared error",
+                    data=[float(r["rmse"]) for r in m],
+                ),
+                VectorData(
+                    name="r2",
+                    description="coefficient of determination",
+                    data=[float(r["r2"]) for r in m],
+                ),
+                VectorData(
+                    name="pearson",
+                    description="Pearson correlation",
+                    data=[float(r["pearson"]) for r in m],
+                ),
+                VectorData(
+                    name="n_frames",
+                    description="frames evaluated",
+                    data=[int(r["n_frames"]) for r in m],
+                ),
             ],
         )
     )
@@ -521,8 +547,9 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
         if v is None:
             v = "none"
         run_cols.append(VectorData(name=key, description=desc, data=[v]))
-    module.add(DynamicTable(name="decoding_run", description="How the decoder was made.",
-                            columns=run_cols))
+    module.add(
+        DynamicTable(name="decoding_run", description="How the decoder was made.", columns=run_cols)
+    )
 
     if results.salience is not None:
         _add_salience(module, results, ps_by_path, times, channel_names)
@@ -540,14 +567,24 @@ def _ablation_table(rows: Sequence[dict[str, Any]]) -> Any:
         "salient ROIs vs k random ROIs (several draws).",
         columns=[
             VectorData(name="k", description="ROIs ablated", data=[int(r["k"]) for r in rows]),
-            VectorData(name="kind", description="salient or random",
-                       data=[str(r["kind"]) for r in rows]),
-            VectorData(name="draw", description="random draw (0 for salient)",
-                       data=[int(r["draw"]) for r in rows]),
-            VectorData(name="rmse", description="test RMSE after ablation (mean over channels)",
-                       data=[float(r["rmse"]) for r in rows]),
-            VectorData(name="delta_rmse", description="increase over the intact model",
-                       data=[float(r["delta_rmse"]) for r in rows]),
+            VectorData(
+                name="kind", description="salient or random", data=[str(r["kind"]) for r in rows]
+            ),
+            VectorData(
+                name="draw",
+                description="random draw (0 for salient)",
+                data=[int(r["draw"]) for r in rows],
+            ),
+            VectorData(
+                name="rmse",
+                description="test RMSE after ablation (mean over channels)",
+                data=[float(r["rmse"]) for r in rows],
+            ),
+            VectorData(
+                name="delta_rmse",
+                description="increase over the intact model",
+                data=[float(r["delta_rmse"]) for r in rows],
+            ),
         ],
     )
 
@@ -611,14 +648,22 @@ def _add_salience(
             description=f"Salience of each ROI of {ps.name} for the decoded behaviour "
             f"({how}; test block; channels: {', '.join(channel_names)}).",
             columns=[
-                DynamicTableRegion(name="roi", data=rows.tolist(), table=ps,
-                                   description=f"the ROI in {ps.name}"),
-                VectorData(name="salience", description="mean |attribution| over outputs, "
-                           "frames and test windows", data=per_roi[sel]),
-                VectorData(name="salience_by_output", description="salience per behaviour "
-                           f"channel ({', '.join(channel_names)})", data=by_out[sel]),
-                VectorData(name="rank", description="1 = most salient over all planes",
-                           data=rank[sel]),
+                DynamicTableRegion(
+                    name="roi", data=rows.tolist(), table=ps, description=f"the ROI in {ps.name}"
+                ),
+                VectorData(
+                    name="salience",
+                    description="mean |attribution| over outputs, frames and test windows",
+                    data=per_roi[sel],
+                ),
+                VectorData(
+                    name="salience_by_output",
+                    description=f"salience per behaviour channel ({', '.join(channel_names)})",
+                    data=by_out[sel],
+                ),
+                VectorData(
+                    name="rank", description="1 = most salient over all planes", data=rank[sel]
+                ),
             ],
         )
         module.add(table)
@@ -665,7 +710,11 @@ def check_output(path: Path, *, overwrite: bool) -> None:
 
 
 def write_derived(
-    src: NWBSource, results: DecodingResults, path: str | os.PathLike[str], *, overwrite: bool = False
+    src: NWBSource,
+    results: DecodingResults,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write a stand-alone results file (see the module docstring).
 
@@ -729,7 +778,9 @@ def write_in_place(
         with NWBHDF5IO(str(tmp), "a") as io:
             nwbfile = io.read()
             inv = inventory(NWBSource(nwbfile=nwbfile, label=str(source_path), path=source_path))
-            ps_map = {p: inv.objects[p] for p in json.loads(results.session.attrs["plane_segmentations"])}
+            ps_map = {
+                p: inv.objects[p] for p in json.loads(results.session.attrs["plane_segmentations"])
+            }
             _add_results_module(nwbfile, results, ps_map)
             io.write(nwbfile)
     log.info("appended processing/%s to %s", RESULTS_MODULE, source_path)
