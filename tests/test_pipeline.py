@@ -29,8 +29,9 @@ FAST = ["--epochs", "2", "--salience", "grad-x-input"]
 
 def run(*args, cwd=None):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=900)
+    return subprocess.run(
+        [*EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=900
+    )
 
 
 def sha(p: Path) -> str:
@@ -60,9 +61,15 @@ def test_fit_cli_json_and_results(small, tmp_path):
     with NWBHDF5IO(str(out), "r") as io:
         mod = io.read().processing["llmdecode"]
         names = set(mod.data_interfaces)
-        assert {"predictions", "targets", "decoding_splits", "decoding_metrics", "decoding_run",
-                "salience_timecourse_PlaneSegmentation_plane0",
-                "roi_salience_PlaneSegmentation_plane1"} <= names
+        assert {
+            "predictions",
+            "targets",
+            "decoding_splits",
+            "decoding_metrics",
+            "decoding_run",
+            "salience_timecourse_PlaneSegmentation_plane0",
+            "roi_salience_PlaneSegmentation_plane1",
+        } <= names
         run_row = mod["decoding_run"].to_dataframe().iloc[0]
         assert run_row["backbone"] == "minilm" and run_row["salience_method"] == "grad-x-input"
         assert run_config(run_row["config_json"])["epochs"] == 2
@@ -70,11 +77,21 @@ def test_fit_cli_json_and_results(small, tmp_path):
         test = metrics[metrics["split"] == "test"].sort_values("channel")
         np.testing.assert_allclose(
             test["r2"].to_numpy(),
-            [m["r2"] for m in sorted(summary["metrics"], key=lambda m: m["channel"])
-             if m["split"] == "test"],
+            [
+                m["r2"]
+                for m in sorted(summary["metrics"], key=lambda m: m["channel"])
+                if m["split"] == "test"
+            ],
         )
         pred = mod["predictions"]["tail_angles"].data[:]
         assert pred.shape == (300, 3) and np.isfinite(pred).mean() > 0.8
+        # the printed top-salient table agrees with the written ranks
+        lines = proc.stderr.splitlines()
+        head = lines.index("Most salient ROIs (grad-x-input, test block)")
+        _, _, plane, roi_id, _ = lines[head + 3].split()  # title, header, rule, rank 1
+        table = mod[f"roi_salience_{plane}"]
+        rows = np.asarray(table["roi"].data[:])[np.asarray(table["rank"].data[:]) == 1]
+        assert table["roi"].table.id.data[rows[0]] == int(roi_id)
     ckpt = Path(summary["checkpoint"])
     assert (ckpt / "config.json").exists() and (ckpt / "session.json").exists()
     # a second run refuses to overwrite; nothing changes
@@ -105,8 +122,12 @@ def test_config_file_and_command_line_override(small, tmp_path):
 def test_in_place_and_predict(small, tmp_path):
     src = tmp_path / "s.nwb"
     shutil.copy(small.path, src)
-    report = fit(src, config=FitConfig(backbone="lstm", epochs=2, salience="saliency"),
-                 in_place=True, ablation=(2, 4))
+    report = fit(
+        src,
+        config=FitConfig(backbone="lstm", epochs=2, salience="saliency"),
+        in_place=True,
+        ablation=(2, 4),
+    )
     assert report.output == src
     assert validate(path=str(src)) == []
     with h5py.File(src, "r") as f:
@@ -134,8 +155,12 @@ def test_ablate_command_writes_table(small, tmp_path):
     shutil.copy(small.path, src)
     report = fit(src, config=FitConfig(epochs=2, salience="grad-x-input"))
     rows = ablate(report.output, ks=(2, 4), draws=3)
-    assert {(r["k"], r["kind"]) for r in rows} == {(2, "salient"), (2, "random"), (4, "salient"),
-                                                  (4, "random")}
+    assert {(r["k"], r["kind"]) for r in rows} == {
+        (2, "salient"),
+        (2, "random"),
+        (4, "salient"),
+        (4, "random"),
+    }
     assert validate(path=str(report.output)) == []
     with NWBHDF5IO(str(report.output), "r") as io:
         table = io.read().processing["llmdecode"]["salience_ablation"].to_dataframe()
@@ -143,11 +168,14 @@ def test_ablate_command_writes_table(small, tmp_path):
     np.testing.assert_allclose(table["rmse"].to_numpy(), [r["rmse"] for r in rows])
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--backbone", "gpt-unknown-xyz"], ["gpt-unknown-xyz", "minilm", "smollm2", "ridge"]),
-    (["--seq-len", "200"], ["frames"]),
-    (["--split", "0.5,0.5"], ["split"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--backbone", "gpt-unknown-xyz"], ["gpt-unknown-xyz", "minilm", "smollm2", "ridge"]),
+        (["--seq-len", "200"], ["frames"]),
+        (["--split", "0.5,0.5"], ["split"]),
+    ],
+)
 def test_bad_options_exit_2_and_write_nothing(small, tmp_path, args, needles):
     src = tmp_path / "s.nwb"
     shutil.copy(small.path, src)
@@ -190,8 +218,9 @@ def _kill_during(cmd: list[str], watch: Path, pattern: str) -> None:
 def test_interrupted_writes_leave_sources_intact(tmp_path):
     """Kill writers mid-write: the source keeps its content, no half file under the name."""
     src = tmp_path / "big.nwb"
-    truth = make_session(src, frames=400, rois=200, planes=2, seed=5, raw_imaging=True,
-                         mask="image")
+    truth = make_session(
+        src, frames=400, rois=200, planes=2, seed=5, raw_imaging=True, mask="image"
+    )
     before = sha(src)
     code = (
         "import sys, numpy as np, xarray as xr\n"
@@ -215,7 +244,8 @@ def test_interrupted_writes_leave_sources_intact(tmp_path):
 
         assert load_session(src).sizes["roi"] == truth.n_rois
     out = tmp_path / "derived.nwb"
-    _kill_during([sys.executable, "-c", code, str(src), "derived", str(out)], tmp_path,
-                 ".derived*partial*")
+    _kill_during(
+        [sys.executable, "-c", code, str(src), "derived", str(out)], tmp_path, ".derived*partial*"
+    )
     assert not out.exists()
     assert sha(src) == before

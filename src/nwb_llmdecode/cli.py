@@ -84,20 +84,34 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, default=str))
         return 0
     s = info["session"]
-    print(f"{s['source']}\n  {s['session_description']}\n  identifier {s['identifier']}, "
-          f"start {s['session_start_time']}"
-          + ("  [has llmdecode results]" if s.get("has_results") else ""))
+    print(
+        f"{s['source']}\n  {s['session_description']}\n  identifier {s['identifier']}, "
+        f"start {s['session_start_time']}"
+        + ("  [has llmdecode results]" if s.get("has_results") else "")
+    )
     print("\nROI response series")
-    print(_table(info["roi_series"], ["path", "n_rois", "n_frames", "rate", "timestamps", "start",
-                                      "plane_segmentation"]))
+    print(
+        _table(
+            info["roi_series"],
+            ["path", "n_rois", "n_frames", "rate", "timestamps", "start", "plane_segmentation"],
+        )
+    )
     print("\nBehaviour candidates")
-    print(_table(info["behavior_series"], ["path", "type", "n_channels", "n_samples", "rate",
-                                           "timestamps", "unit"]))
+    print(
+        _table(
+            info["behavior_series"],
+            ["path", "type", "n_channels", "n_samples", "rate", "timestamps", "unit"],
+        )
+    )
     print("\nSummary images")
     print(_table(info["images"], ["path", "type", "shape"]))
     print("\nImaging planes")
-    print(_table(info["imaging_planes"], ["name", "imaging_rate", "grid_spacing", "origin_coords",
-                                          "location"]))
+    print(
+        _table(
+            info["imaging_planes"],
+            ["name", "imaging_rate", "grid_spacing", "origin_coords", "location"],
+        )
+    )
     return 0
 
 
@@ -122,14 +136,29 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.json:
         print(truth.to_json())
     else:
-        print(f"wrote {truth.path}: {truth.n_frames} frames, {truth.n_rois} ROIs in "
-              f"{truth.n_planes} plane(s); driver ROIs {truth.driver_rois.tolist()}")
+        print(
+            f"wrote {truth.path}: {truth.n_frames} frames, {truth.n_rois} ROIs in "
+            f"{truth.n_planes} plane(s); driver ROIs {truth.driver_rois.tolist()}"
+        )
     return 0
 
 
 _FIT_KEYS = (
-    "backbone", "init", "train_mode", "embedding", "embedding_kernel", "seq_len", "epochs", "batch_size", "lr",
-    "seed", "device", "quantize", "gradient_checkpointing", "trust_remote_code", "patience",
+    "backbone",
+    "init",
+    "train_mode",
+    "embedding",
+    "embedding_kernel",
+    "seq_len",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "device",
+    "quantize",
+    "gradient_checkpointing",
+    "trust_remote_code",
+    "patience",
     "salience",
 )
 
@@ -179,8 +208,10 @@ def _fit_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def _print_metrics(metrics: list[dict[str, Any]], stream: Any) -> None:
-    print(_table(metrics, ["behavior", "channel", "split", "rmse", "r2", "pearson", "n_frames"]),
-          file=stream)
+    print(
+        _table(metrics, ["behavior", "channel", "split", "rmse", "r2", "pearson", "n_frames"]),
+        file=stream,
+    )
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -206,12 +237,40 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     if report.results is not None and report.results.ablation:
         _print_ablation(report.results.ablation, stream)
-    print(f"\nwrote {report.output}" + (f" (decoder: {report.checkpoint})" if report.checkpoint else ""),
-          file=stream)
+    print(
+        f"\nwrote {report.output}"
+        + (f" (decoder: {report.checkpoint})" if report.checkpoint else ""),
+        file=stream,
+    )
     _print_metrics(report.metrics, stream)
+    if report.results is not None and report.results.salience is not None:
+        _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
     return 0
+
+
+def _print_top_salience(results: Any, stream: Any, n: int = 10) -> None:
+    import numpy as np
+
+    sal = results.salience
+    values = np.asarray(sal["salience"].values, dtype=float)
+    session = results.session
+    rows = []
+    for rank, i in enumerate(np.argsort(-values, kind="stable")[:n], start=1):
+        rows.append(
+            {
+                "rank": rank,
+                "roi": int(session["roi"].values[i]),
+                "plane": str(session["plane"].values[i]),
+                "roi_id": int(session["roi_id"].values[i]),
+                "salience": f"{values[i]:.4g}",
+            }
+        )
+    print(
+        f"\nMost salient ROIs ({sal.attrs.get('method', 'salience')}, test block)", file=stream
+    )
+    print(_table(rows, ["rank", "roi", "plane", "roi_id", "salience"]), file=stream)
 
 
 def _print_ablation(rows: list[dict[str, Any]], stream: Any) -> None:
@@ -221,19 +280,30 @@ def _print_ablation(rows: list[dict[str, Any]], stream: Any) -> None:
     for k in sorted({r["k"] for r in rows}):
         sal = [r["delta_rmse"] for r in rows if r["k"] == k and r["kind"] == "salient"]
         rnd = [r["delta_rmse"] for r in rows if r["k"] == k and r["kind"] == "random"]
-        summary.append({"k": k, "salient_delta_rmse": float(np.mean(sal)),
-                        "random_delta_rmse": float(np.mean(rnd)) if rnd else None,
-                        "random_draws": len(rnd)})
+        summary.append(
+            {
+                "k": k,
+                "salient_delta_rmse": float(np.mean(sal)),
+                "random_delta_rmse": float(np.mean(rnd)) if rnd else None,
+                "random_draws": len(rnd),
+            }
+        )
     print("\nAblation check (test RMSE increase)", file=stream)
-    print(_table(summary, ["k", "salient_delta_rmse", "random_delta_rmse", "random_draws"]),
-          file=stream)
+    print(
+        _table(summary, ["k", "salient_delta_rmse", "random_delta_rmse", "random_draws"]),
+        file=stream,
+    )
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .pipeline import ABLATION_KS, ablate
 
-    rows = ablate(args.results, checkpoint=args.checkpoint,
-                  ks=_csv(args.k, int) or ABLATION_KS, draws=args.draws)
+    rows = ablate(
+        args.results,
+        checkpoint=args.checkpoint,
+        ks=_csv(args.k, int) or ABLATION_KS,
+        draws=args.draws,
+    )
     stream = sys.stderr if args.json else sys.stdout
     _print_ablation(rows, stream)
     print(f"wrote processing/llmdecode/salience_ablation into {args.results}", file=stream)
@@ -257,9 +327,34 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     print(f"wrote {report.output}", file=stream)
     _print_metrics(report.metrics, stream)
+    if report.results is not None and report.results.salience is not None:
+        _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
     return 0
+
+
+def _print_top_salience(results: Any, stream: Any, n: int = 10) -> None:
+    import numpy as np
+
+    sal = results.salience
+    values = np.asarray(sal["salience"].values, dtype=float)
+    session = results.session
+    rows = []
+    for rank, i in enumerate(np.argsort(-values, kind="stable")[:n], start=1):
+        rows.append(
+            {
+                "rank": rank,
+                "roi": int(session["roi"].values[i]),
+                "plane": str(session["plane"].values[i]),
+                "roi_id": int(session["roi_id"].values[i]),
+                "salience": f"{values[i]:.4g}",
+            }
+        )
+    print(
+        f"\nMost salient ROIs ({sal.attrs.get('method', 'salience')}, test block)", file=stream
+    )
+    print(_table(rows, ["rank", "roi", "plane", "roi_id", "salience"]), file=stream)
 
 
 def _csv(text: str | None, cast: Any = str) -> tuple[Any, ...] | None:
@@ -282,9 +377,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     progress = _TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
     try:
         report = run_compare(
-            args.source, grid=grid, base=base, report_dir=args.report,
-            rois=args.rois or job.get("rois"), behavior=args.behavior or job.get("behavior"),
-            resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
+            args.source,
+            grid=grid,
+            base=base,
+            report_dir=args.report,
+            rois=args.rois or job.get("rois"),
+            behavior=args.behavior or job.get("behavior"),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            cache_dir=args.cache_dir,
             progress=progress,
         )
     finally:
@@ -333,11 +434,19 @@ def _cmd_dandi_ls(args: argparse.Namespace) -> int:
 
 
 def _selection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rois", action="append", metavar="SERIES",
-                   help="ROI series by path or name (repeat for several planes); default: "
-                        "the ΔF/F series of every plane")
-    p.add_argument("--behavior", action="append", metavar="SERIES",
-                   help="behaviour series by path or name (repeat for several)")
+    p.add_argument(
+        "--rois",
+        action="append",
+        metavar="SERIES",
+        help="ROI series by path or name (repeat for several planes); default: "
+        "the ΔF/F series of every plane",
+    )
+    p.add_argument(
+        "--behavior",
+        action="append",
+        metavar="SERIES",
+        help="behaviour series by path or name (repeat for several)",
+    )
     p.add_argument("--cache-dir", help="block cache for remote sources")
 
 
@@ -370,12 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-rate", type=float, default=2.0)
     p.add_argument("--drivers", type=int, default=10, help="number of driver ROIs")
     p.add_argument("--channels", type=int, default=3, help="tail-angle channels")
-    p.add_argument("--readout", choices=["linear", "bouts"], default="linear",
-                   help="driver -> tail angle mapping: near-linear, or swim bouts (vigour x "
-                   "bend, which linear decoders cannot represent)")
+    p.add_argument(
+        "--readout",
+        choices=["linear", "bouts"],
+        default="linear",
+        help="driver -> tail angle mapping: near-linear, or swim bouts (vigour x "
+        "bend, which linear decoders cannot represent)",
+    )
     p.add_argument("--mask", choices=["image", "pixel", "voxel"], default="image")
-    p.add_argument("--behavior-timestamps", action="store_true",
-                   help="store behaviour with timestamps instead of a rate")
+    p.add_argument(
+        "--behavior-timestamps",
+        action="store_true",
+        help="store behaviour with timestamps instead of a rate",
+    )
     p.add_argument("--raw-imaging", action="store_true", help="add a raw TwoPhotonSeries")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true", help="print the planted truth as JSON")
@@ -385,17 +501,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="NWB file, URL or DANDI identifier")
     _selection_args(p)
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", help="minilm (default), smollm2, ridge, lstm, reservoir, a "
-                   "HuggingFace model id or a local model directory")
+    g.add_argument(
+        "--backbone",
+        help="minilm (default), smollm2, ridge, lstm, reservoir, a "
+        "HuggingFace model id or a local model directory",
+    )
     g.add_argument("--init", choices=["pretrained", "random"], help="backbone weights")
     g.add_argument("--train-mode", choices=["frozen", "lora", "full"])
-    g.add_argument("--embedding", choices=["temporal", "linear", "positional"],
-                   help="input embedding (default temporal)")
-    g.add_argument("--embedding-kernel", type=int,
-                   help="frames per token of the temporal embedding (default 3)")
+    g.add_argument(
+        "--embedding",
+        choices=["temporal", "linear", "positional"],
+        help="input embedding (default temporal)",
+    )
+    g.add_argument(
+        "--embedding-kernel",
+        type=int,
+        help="frames per token of the temporal embedding (default 3)",
+    )
     g.add_argument("--seq-len", type=int, help="window length in frames (default 20)")
-    g.add_argument("--trust-remote-code", action="store_true", default=None,
-                   help="allow a hub model's own code to run (off by default)")
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="allow a hub model's own code to run (off by default)",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
@@ -407,30 +536,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize", choices=["4bit", "8bit"], help="load the backbone quantised")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None)
     g = p.add_argument_group("salience")
-    g.add_argument("--salience",
-                   choices=["integrated-gradients", "saliency", "grad-x-input", "none"],
-                   help="attribution per ROI and frame on the test block "
-                   "(default integrated-gradients)")
-    g.add_argument("--ablation", nargs="?", const="10,50,100", default=None, metavar="K,K,...",
-                   help="ablate the top-k salient vs k random ROIs (default k: 10,50,100)")
+    g.add_argument(
+        "--salience",
+        choices=["integrated-gradients", "saliency", "grad-x-input", "none"],
+        help="attribution per ROI and frame on the test block (default integrated-gradients)",
+    )
+    g.add_argument(
+        "--ablation",
+        nargs="?",
+        const="10,50,100",
+        default=None,
+        metavar="K,K,...",
+        help="ablate the top-k salient vs k random ROIs (default k: 10,50,100)",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", help="output file (default <stem>_desc-llmdecode.nwb)")
     g.add_argument("--in-place", action="store_true", help="add results to the source file")
     g.add_argument("--overwrite", action="store_true", help="replace existing results")
     g.add_argument("--config", help="TOML or YAML file of options (the command line wins)")
-    g.add_argument("--json", action="store_true",
-                   help="print a JSON summary as the last line of stdout")
+    g.add_argument(
+        "--json", action="store_true", help="print a JSON summary as the last line of stdout"
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("compare", help="run a grid of decoders and seeds; write a report")
     p.add_argument("source", help="NWB file, URL or DANDI identifier")
     _selection_args(p)
-    p.add_argument("--models", help="comma-separated backbones and baselines "
-                   "(default minilm,ridge,lstm,reservoir)")
+    p.add_argument(
+        "--models",
+        help="comma-separated backbones and baselines (default minilm,ridge,lstm,reservoir)",
+    )
     p.add_argument("--init", dest="init_list", help="pretrained,random (default both)")
     p.add_argument("--seq-len", dest="seq_lens", help="comma-separated (default 5,10,20)")
-    p.add_argument("--embedding", dest="embeddings", help="temporal,linear,positional (default temporal)")
+    p.add_argument(
+        "--embedding", dest="embeddings", help="temporal,linear,positional (default temporal)"
+    )
     p.add_argument("--train-mode", dest="train_modes", help="frozen,lora,full (default full)")
     p.add_argument("--seeds", type=int, help="seeds per setting (default 3)")
     p.add_argument("--epochs", type=int)
@@ -465,13 +606,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("convert-nlp4neuro",
-                       help="turn NLP4Neuro .npy files (doi:10.7910/DVN/I8LULX) into NWB")
+    p = sub.add_parser(
+        "convert-nlp4neuro", help="turn NLP4Neuro .npy files (doi:10.7910/DVN/I8LULX) into NWB"
+    )
     p.add_argument("neural", help="fishN_neural_data_matched.npy (neurons x (frames + 2))")
     p.add_argument("tail", help="fishN_tail_data_matched.npy (frames x 6)")
     p.add_argument("out", help="output .nwb file")
-    p.add_argument("--frame-rate", type=float, required=True,
-                   help="imaging volume rate in Hz (not stored in the files)")
+    p.add_argument(
+        "--frame-rate",
+        type=float,
+        required=True,
+        help="imaging volume rate in Hz (not stored in the files)",
+    )
     p.add_argument("--tail-full", help="fishN_tail_data_full.npy (200 Hz samples)")
     p.add_argument("--positions", help=".npy of ROI positions (neurons x 2 or 3, pixels)")
     p.add_argument("--subject-id", default="fish")
@@ -496,9 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from .errors import LLMDecodeError
-
     import warnings
+
+    from .errors import LLMDecodeError
 
     def _one_line(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
         return f"nwb-llmdecode: warning: {message}\n"
@@ -518,8 +664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"nwb-llmdecode: internal error: {type(exc).__name__}: {msg} "
-              "(rerun with --debug for the traceback and report it)", file=sys.stderr)
+        print(
+            f"nwb-llmdecode: internal error: {type(exc).__name__}: {msg} "
+            "(rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 
