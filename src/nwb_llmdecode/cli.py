@@ -267,9 +267,7 @@ def _print_top_salience(results: Any, stream: Any, n: int = 10) -> None:
                 "salience": f"{values[i]:.4g}",
             }
         )
-    print(
-        f"\nMost salient ROIs ({sal.attrs.get('method', 'salience')}, test block)", file=stream
-    )
+    print(f"\nMost salient ROIs ({sal.attrs.get('method', 'salience')}, test block)", file=stream)
     print(_table(rows, ["rank", "roi", "plane", "roi_id", "salience"]), file=stream)
 
 
@@ -327,34 +325,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json else sys.stdout
     print(f"wrote {report.output}", file=stream)
     _print_metrics(report.metrics, stream)
-    if report.results is not None and report.results.salience is not None:
-        _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
     return 0
-
-
-def _print_top_salience(results: Any, stream: Any, n: int = 10) -> None:
-    import numpy as np
-
-    sal = results.salience
-    values = np.asarray(sal["salience"].values, dtype=float)
-    session = results.session
-    rows = []
-    for rank, i in enumerate(np.argsort(-values, kind="stable")[:n], start=1):
-        rows.append(
-            {
-                "rank": rank,
-                "roi": int(session["roi"].values[i]),
-                "plane": str(session["plane"].values[i]),
-                "roi_id": int(session["roi_id"].values[i]),
-                "salience": f"{values[i]:.4g}",
-            }
-        )
-    print(
-        f"\nMost salient ROIs ({sal.attrs.get('method', 'salience')}, test block)", file=stream
-    )
-    print(_table(rows, ["rank", "roi", "plane", "roi_id", "salience"]), file=stream)
 
 
 def _csv(text: str | None, cast: Any = str) -> tuple[Any, ...] | None:
