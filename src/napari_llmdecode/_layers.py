@@ -726,9 +726,11 @@ def _roi_diameter(labels: np.ndarray, n_rois: int) -> float:
 
 
 def _legend_text(values: np.ndarray, top: int = 10) -> np.ndarray:
+    from nwb_llmdecode.salience import salience_order
+
     text = np.full(len(values), "", dtype=object)
     v = np.nan_to_num(values, nan=-np.inf)
-    order = np.argsort(-v, kind="stable")[:top]
+    order = salience_order(v)[:top]
     order = order[np.isfinite(v[order]) & (v[order] > 0)]
     for r, i in enumerate(order, start=1):
         text[i] = f"#{r} {values[i]:.3g}"
@@ -752,7 +754,9 @@ def salient_points(
     finite = np.isfinite(v) & np.isfinite(data.centroids).all(axis=1)
     keep = np.flatnonzero(finite & (v > 0) & (v >= MIN_POINT_FRACTION * vmax))
     if len(keep) > MAX_POINTS:
-        keep = np.sort(keep[np.argsort(-v[keep], kind="stable")[:MAX_POINTS]])
+        from nwb_llmdecode.salience import salience_order
+
+        keep = np.sort(keep[salience_order(v[keep])[:MAX_POINTS]])
     feats = {
         "roi": keep,
         "salience": v[keep].astype(np.float32),
@@ -974,8 +978,10 @@ def top_rows(
     >>> top_rows(d, s, channel=0, n=2)["roi"].tolist()
     [2, 1]
     """
+    from nwb_llmdecode.salience import salience_order
+
     v = np.nan_to_num(sset.values(channel), nan=-np.inf)
-    order = np.argsort(-v, kind="stable")
+    order = salience_order(v)
     order = order[np.isfinite(v[order])][:n]
     return {
         "rank": np.arange(1, len(order) + 1),

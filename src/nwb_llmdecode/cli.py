@@ -253,11 +253,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _print_top_salience(results: Any, stream: Any, n: int = 10) -> None:
     import numpy as np
 
+    from .salience import salience_order
+
     sal = results.salience
     values = np.asarray(sal["salience"].values, dtype=float)
     session = results.session
     rows = []
-    for rank, i in enumerate(np.argsort(-values, kind="stable")[:n], start=1):
+    for rank, i in enumerate(salience_order(values)[:n], start=1):
         rows.append(
             {
                 "rank": rank,

@@ -350,6 +350,8 @@ def _figures(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .salience import salience_order
+
     figs: dict[str, Path] = {}
     # 1. grouped bars: test RMSE per model and seq_len, mean ± SEM over seeds
     agg = results.groupby(["model", "seq_len"])["test_rmse_mean"].agg(["mean", "sem", "count"])
@@ -422,8 +424,7 @@ def _figures(
             ax.set_title("Salience per ROI (positions unknown: ROIs laid out by index)", fontsize=9)
         else:
             ax.set_title(f"Salience of the ROIs ({run['model']}); top 20 outlined", fontsize=9)
-        order = np.argsort(-sal)
-        top = order[:20]
+        top = salience_order(sal)[:20]
         sc = ax.scatter(
             xs, ys, c=sal, s=12 + 120 * sal / max(sal.max(), 1e-12), cmap="magma", edgecolors="none"
         )

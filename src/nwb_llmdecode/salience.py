@@ -27,7 +27,13 @@ import xarray as xr
 
 from .errors import ConfigError
 
-__all__ = ["METHODS", "ablation_check", "compute_salience", "precision_at_k"]
+__all__ = [
+    "METHODS",
+    "ablation_check",
+    "compute_salience",
+    "precision_at_k",
+    "salience_order",
+]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +192,20 @@ def compute_salience(
     )
 
 
+def salience_order(salience: Any) -> np.ndarray:
+    """ROI indices from the most to the least salient: what ``rank`` 1, 2, ... means.
+
+    Ties keep ROI order and NaN comes last, so every place that ranks, prints, writes or
+    ablates the top ROIs agrees on which they are.
+
+    Examples
+    --------
+    >>> salience_order(np.array([0.2, 0.9, np.nan, 0.9])).tolist()
+    [1, 3, 0, 2]
+    """
+    return np.argsort(-np.asarray(salience, dtype=np.float64), kind="stable")
+
+
 def precision_at_k(salience: np.ndarray, truth: Sequence[int], k: int | None = None) -> float:
     """Fraction of the ``k`` most salient ROIs that are in ``truth`` (k defaults to its size).
 
@@ -196,7 +216,7 @@ def precision_at_k(salience: np.ndarray, truth: Sequence[int], k: int | None = N
     """
     truth = set(int(t) for t in truth)
     k = len(truth) if k is None else k
-    top = np.argsort(-np.asarray(salience), kind="stable")[:k]
+    top = salience_order(salience)[:k]
     return float(len(truth.intersection(top.tolist())) / max(k, 1))
 
 
@@ -235,7 +255,7 @@ def ablation_check(
     usable = sorted({int(k) for k in ks if 0 < k <= max(1, n // 2)})
     if not usable:
         usable = [max(1, min(int(min(ks)), n // 2 or 1))]
-    order = np.argsort(-np.asarray(salience), kind="stable")
+    order = salience_order(salience)
     rng = np.random.default_rng(seed)
     rows = []
     for k in usable:

@@ -619,14 +619,15 @@ def _add_salience(
     from hdmf.common import DynamicTable, DynamicTableRegion, VectorData
     from pynwb.ophys import RoiResponseSeries
 
+    from ..salience import salience_order
+
     ds, sal = results.session, results.salience
     assert sal is not None
     per_roi = np.asarray(sal["salience"].values, dtype=np.float64)
     by_out = np.asarray(sal["salience_by_output"].values, dtype=np.float64)
     course = np.asarray(sal["timecourse"].values, dtype=np.float32)
-    order = np.argsort(-per_roi, kind="stable")
     rank = np.empty(len(per_roi), dtype=np.int64)
-    rank[order] = np.arange(1, len(per_roi) + 1)
+    rank[salience_order(per_roi)] = np.arange(1, len(per_roi) + 1)
     method = str(sal.attrs.get("method", results.run.get("salience_method", "")))
     how = method
     delta = sal.attrs.get("convergence_delta")  # integrated gradients only
