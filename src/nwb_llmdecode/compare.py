@@ -245,7 +245,7 @@ def run_compare(
     import pandas as pd
 
     from .engine import fit_arrays
-    from .io.read import read_session
+    from .io.read import channel_labels, read_session
     from .io.sources import open_nwb
 
     base = base or FitConfig()
@@ -265,10 +265,7 @@ def run_compare(
         ds = read_session(src, rois=rois, behavior=behavior)
     x = np.asarray(ds["activity"].values, dtype=np.float32)
     y = np.asarray(ds["behavior"].values, dtype=np.float32)
-    labels = [
-        f"{s}[{int(c)}]"
-        for s, c in zip(ds["series"].values, ds["series_channel"].values, strict=True)
-    ]
+    labels = channel_labels(ds)
 
     done = pd.read_csv(csv_path) if (resume and csv_path.exists()) else None
     finished = set()

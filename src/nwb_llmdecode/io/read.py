@@ -27,6 +27,7 @@ from .sources import NWBSource, open_nwb
 __all__ = [
     "RESULTS_MODULE",
     "AlignmentWarning",
+    "channel_labels",
     "inspect_source",
     "inventory",
     "load_images",
@@ -710,6 +711,22 @@ def roi_label_volume(src: NWBSource, plane_segmentations: Sequence[str]) -> np.n
             ] = offset + lab[keep] + 1
         offset += n
     return vol
+
+
+def channel_labels(ds: xr.Dataset) -> list[str]:
+    """``series[channel]`` name of each behaviour channel of a session Dataset.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset(coords={"series": ("channel", ["tail", "tail"]),
+    ...                         "series_channel": ("channel", [0, 1])})
+    >>> channel_labels(ds)
+    ['tail[0]', 'tail[1]']
+    """
+    return [
+        f"{s}[{int(c)}]"
+        for s, c in zip(ds["series"].values, ds["series_channel"].values, strict=True)
+    ]
 
 
 def run_config(config_json: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import xarray as xr
 
 from ..errors import OutputExistsError, SourceError
 from .align import regular_timing
-from .read import RESULTS_MODULE, _mask_column, _ragged, inventory
+from .read import RESULTS_MODULE, _mask_column, _ragged, channel_labels, inventory
 from .sources import NWBSource
 
 __all__ = [
@@ -476,10 +476,7 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
         splits.add_row(start_time=float(times[start]), stop_time=float(end), split=split)
     module.add(splits)
 
-    channel_names = [
-        f"{s}[{int(c)}]"
-        for s, c in zip(ds["series"].values, ds["series_channel"].values, strict=True)
-    ]
+    channel_names = channel_labels(ds)
     m = results.metrics
     module.add(
         DynamicTable(
