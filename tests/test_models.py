@@ -317,15 +317,17 @@ def test_temporal_embedding_is_a_causal_convolution_over_frames():
         FitConfig(embedding_kernel=0)
 
 
-def test_default_model_uses_the_temporal_embedding_and_checkpoints_it(tmp_path):
+def test_default_model_uses_the_temporal_embedding_and_checkpoints_it():
     cfg = FitConfig(train_mode="frozen", embedding_kernel=4)
     assert FitConfig().embedding == "temporal"
     dec = build_model(cfg, n_rois=5, n_channels=2)
     assert isinstance(dec.embedding, TemporalEmbedding) and len(dec.embedding.lags) == 3
+    lag_weights = {"embedding.proj.weight", "embedding.lags.0.weight", "embedding.lags.2.weight"}
     trained = {n for n, p in dec.named_parameters() if p.requires_grad}
-    assert {"embedding.proj.weight", "embedding.lags.0.weight", "embedding.lags.2.weight"} <= (
-        trained
-    )
+    assert lag_weights <= trained
+    # the frozen backbone is reloaded from its source; every lag's weights are checkpointed
+    state = dec.checkpoint_state_dict()
+    assert lag_weights <= set(state) and not any(k.startswith("backbone.") for k in state)
 
 
 def test_build_model_dispatches_on_backbone_name():
