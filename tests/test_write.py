@@ -86,7 +86,7 @@ def _check_module(path, res: DecodingResults, several_planes: bool) -> None:
         np.testing.assert_array_equal(targ.data[:], ds["behavior"].values)
         np.testing.assert_allclose(pred.get_timestamps(), ds["time"].values, rtol=0, atol=1e-9)
         splits = mod["decoding_splits"].to_dataframe()
-        assert splits["split"].tolist() == ["train", "validation", "test"]
+        assert splits["split_name"].tolist() == ["train", "validation", "test"]
         np.testing.assert_allclose(
             splits["start_time"].iloc[1], ds["time"].values[res.splits[1][1]]
         )

@@ -598,7 +598,8 @@ def _read_results(module: Any, tables: list[Any], offsets: np.ndarray, origin: s
     splits: list[tuple[str, float, float]] = []
     if "decoding_splits" in ifaces:
         sp = ifaces["decoding_splits"]
-        names = [str(_text(s)) for s in _column(sp, "split")]
+        column = "split_name" if "split_name" in sp.colnames else "split"  # older files
+        names = [str(_text(s)) for s in _column(sp, column)]
         splits = [
             (n, float(a), float(b))
             for n, a, b in zip(

@@ -468,7 +468,8 @@ def ablate(
             for row, value in zip(region.data[:], t["salience"].data[:], strict=True):
                 salience[(planes == plane) & (rows == int(row))] = float(value)
         splits = module["decoding_splits"].to_dataframe()
-    test = splits[splits["split"] == "test"].iloc[0]
+    column = "split_name" if "split_name" in splits else "split"  # "split": older files
+    test = splits[splits[column] == "test"].iloc[0]
     times = ds["time"].values
     start = int(np.searchsorted(times, test["start_time"] - 1e-9))
     stop = int(np.searchsorted(times, test["stop_time"] - 1e-9))

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import xarray as xr
@@ -36,8 +39,12 @@ from .read import RESULTS_MODULE, _mask_column, _ragged, channel_labels, invento
 from .sources import NWBSource
 
 __all__ = [
+    "DERIVED_DESC",
     "DecodingResults",
     "default_output_path",
+    "derived_name",
+    "sha256_file",
+    "source_provenance",
     "write_ablation",
     "write_derived",
     "write_in_place",
@@ -119,26 +126,84 @@ class DecodingResults:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_output_path(source: str | os.PathLike[str], *, directory: Path | None = None) -> Path:
-    """``<source stem>_desc-llmdecode.nwb`` beside a local source (or in ``directory``).
+#: The ``desc`` entity that marks our derived files (``sub-1_ses-2_desc-llmdecode_ophys.nwb``).
+DERIVED_DESC = "llmdecode"
+# DANDI's layout (dandi.organize.ORGANIZED_FILENAME_REGEX): sub-<label>[_ses-<label>]
+# [_<entity>-<label>]...[_<modality>[+<modality>]...].nwb
+_DANDI_LABEL = r"[^_*\\/<>:|\"'?%@;.]+"
+_DANDI_NAME = re.compile(
+    rf"(?P<sub>sub-{_DANDI_LABEL})(?P<ses>_ses-{_DANDI_LABEL})?"
+    rf"(?P<entities>(?:_(?:tis|slice|cell|desc|probe|obj)-{_DANDI_LABEL})*)"
+    r"(?P<suffix>_[a-z]+(?:\+[a-z]+)*)?"
+)
+_ENTITY = re.compile(rf"_(tis|slice|cell|desc|probe|obj)-({_DANDI_LABEL})")
+
+
+def _source_stem(source: str) -> str:
+    """A visible, file-system-safe stem from the last component of a path, URL or id.
+
+    Percent-escapes are decoded before the last component is taken, so no escaped ``/``
+    or ``..`` of a URL reaches the name; leading dots (hidden files) are dropped.
+    """
+    s = unquote(str(source).strip().split("?", 1)[0].split("#", 1)[0]).replace("\\", "/")
+    parts = [p for p in s.rstrip("/").split("/") if p not in ("", ".", "..")]
+    name = parts[-1] if parts else ""
+    if name == "download" and len(parts) >= 2 and "assets" in parts[:-1]:
+        name = f"asset-{parts[-2]}"  # .../api/assets/<id>/download/
+    if name.lower().endswith(".nwb"):
+        name = name[:-4]
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._- ")
+    return name or "session"
+
+
+def derived_name(stem: str) -> str:
+    """File name of the results derived from a source with this stem.
+
+    A source named after DANDI's layout (``sub-<x>[_ses-<y>][_<entity>-<z>][_<modality>]``)
+    gets the same name with the entity ``desc-llmdecode`` (replacing another ``desc``),
+    so ``dandi validate`` accepts the result in the subject's folder; any other stem
+    gets ``_desc-llmdecode`` appended.
 
     Examples
     --------
-    >>> default_output_path("data/sub-1_ses-2.nwb").as_posix()
-    'data/sub-1_ses-2_desc-llmdecode.nwb'
+    >>> derived_name("sub-fish1_ses-2_ophys")
+    'sub-fish1_ses-2_desc-llmdecode_ophys.nwb'
+    >>> derived_name("sub-1_desc-raw_ophys+behavior")
+    'sub-1_desc-llmdecode_ophys+behavior.nwb'
+    >>> derived_name("fish9")
+    'fish9_desc-llmdecode.nwb'
     """
-    s = str(source).rstrip("/")
-    name = s.split("?")[0].rsplit("/", 1)[-1] or "session"
-    stem = name[:-4] if name.lower().endswith(".nwb") else name
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
-    parent = (
-        directory
-        if directory is not None
-        else (
-            Path(s).parent if "://" not in s and not s.upper().startswith("DANDI:") else Path.cwd()
-        )
+    m = _DANDI_NAME.fullmatch(stem)
+    if m is None:
+        tag = f"_desc-{DERIVED_DESC}"
+        return f"{stem}.nwb" if stem.endswith(tag) else f"{stem}{tag}.nwb"
+    entities = [f"_{k}-{v}" for k, v in _ENTITY.findall(m.group("entities") or "") if k != "desc"]
+    return (
+        f"{m.group('sub')}{m.group('ses') or ''}{''.join(entities)}_desc-{DERIVED_DESC}"
+        f"{m.group('suffix') or ''}.nwb"
     )
-    return parent / f"{stem}_desc-llmdecode.nwb"
+
+
+def default_output_path(source: str | os.PathLike[str], *, directory: Path | None = None) -> Path:
+    """Where results of ``source`` go by default: :func:`derived_name` of its stem, beside
+    a local source, in the current directory for a remote one (or in ``directory``).
+
+    Examples
+    --------
+    >>> default_output_path("data/sub-1_ses-2_ophys.nwb").as_posix()
+    'data/sub-1_ses-2_desc-llmdecode_ophys.nwb'
+    >>> default_output_path("https://host/a/..%2F..%2Fevil.nwb", directory=Path("out")).as_posix()
+    'out/evil_desc-llmdecode.nwb'
+    """
+    from .sources import is_remote
+
+    s = os.fspath(source)
+    name = derived_name(_source_stem(s))
+    if directory is not None:
+        return directory / name
+    if is_remote(s):
+        return Path.cwd() / name
+    return Path(s).expanduser().parent / name
 
 
 # ----------------------------------------------------------------------------------------
@@ -418,8 +483,52 @@ def _as_pairs(obj: Any) -> Any:
     return obj
 
 
-def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict[str, Any]) -> Any:
-    """Add ``processing/llmdecode`` to ``nwbfile`` (in memory) and fill it."""
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_provenance(src: NWBSource, session: xr.Dataset) -> dict[str, str]:
+    """The ``decoding_run`` provenance columns of results read from ``src``.
+
+    ``source`` is the local path, the URL, or for a DANDI asset its identifier with the
+    asset id and version; ``source_sha256`` hashes a local file, and for a streamed one
+    is the archive's digest when the API gave one (else empty).
+    """
+    identifier = str(src.nwbfile.identifier)
+    info = getattr(src, "stats", None) or {}
+    if src.path is not None:
+        source, digest = str(src.path), sha256_file(src.path)
+    else:
+        source = str(session.attrs.get("source", src.label))
+        asset, version = info.get("asset_id"), info.get("version_id")
+        if asset:
+            source += f" (DANDI asset {asset}" + (f", version {version})" if version else ")")
+        digest = str(info.get("digest") or "")
+    return {
+        "source": source,
+        "source_identifier": identifier,
+        "source_sha256": digest,
+        "sessions": json.dumps([identifier]),
+    }
+
+
+def _add_results_module(
+    nwbfile: Any,
+    results: DecodingResults,
+    ps_by_path: dict[str, Any],
+    provenance: dict[str, str] | None = None,
+) -> Any:
+    """Add ``processing/llmdecode`` to ``nwbfile`` (in memory) and fill it.
+
+    ``provenance`` gives the ``decoding_run`` columns that trace the results to their
+    source (:func:`source_provenance`); keys in ``results.run`` take precedence.
+    """
+    provenance = provenance or {}
     from hdmf.common import DynamicTable, VectorData
     from pynwb import TimeSeries
     from pynwb.behavior import BehavioralTimeSeries
@@ -469,11 +578,12 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
         name="decoding_splits",
         description="Contiguous time blocks used for training, validation and test.",
     )
-    splits.add_column(name="split", description="train, validation or test")
+    # "split_name", not "split": the latter clashes with pynapple's IntervalSet.split
+    splits.add_column(name="split_name", description="train, validation or test")
     step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
     for split, start, stop in results.splits:
         end = times[stop] if stop < len(times) else times[-1] + step
-        splits.add_row(start_time=float(times[start]), stop_time=float(end), split=split)
+        splits.add_row(start_time=float(times[start]), stop_time=float(end), split_name=split)
     module.add(splits)
 
     channel_names = channel_labels(ds)
@@ -535,8 +645,16 @@ def _add_results_module(nwbfile: Any, results: DecodingResults, ps_by_path: dict
         ("device", "device trained on"),
         ("duration_s", "wall time of the run in seconds"),
         ("config_json", "the full run configuration as a JSON list of [option, value] pairs"),
+        ("source", "the source session: local path, URL, or DANDI asset (id and version)"),
+        ("source_identifier", "the identifier of the source NWB file"),
+        (
+            "source_sha256",
+            "SHA-256 of the local source file as read; for a streamed source the archive's "
+            "digest of the asset (algorithm:value) when it gives one, else empty",
+        ),
+        ("sessions", "identifiers of the sessions the decoder was trained on (JSON list)"),
     ):
-        v = results.run.get(key)
+        v = {**provenance, **results.run}.get(key)
         if key == "config_json" and isinstance(v, str):
             v = json.dumps(_as_pairs(json.loads(v)))
         if isinstance(v, bool | np.bool_):
@@ -742,7 +860,7 @@ def write_derived(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     out, ps_map = _build_derived(src, results.session)
-    _add_results_module(out, results, ps_map)
+    _add_results_module(out, results, ps_map, source_provenance(src, results.session))
     with _atomic_target(path) as tmp, NWBHDF5IO(str(tmp), "w") as io:
         io.write(out)
     log.info("wrote %s", path)
@@ -775,11 +893,13 @@ def write_in_place(
                 del f[f"processing/{RESULTS_MODULE}"]
         with NWBHDF5IO(str(tmp), "a") as io:
             nwbfile = io.read()
-            inv = inventory(NWBSource(nwbfile=nwbfile, label=str(source_path), path=source_path))
+            here = NWBSource(nwbfile=nwbfile, label=str(source_path), path=source_path)
+            inv = inventory(here)
             ps_map = {
                 p: inv.objects[p] for p in json.loads(results.session.attrs["plane_segmentations"])
             }
-            _add_results_module(nwbfile, results, ps_map)
+            # the source is still the original here: its digest is that of the data read
+            _add_results_module(nwbfile, results, ps_map, source_provenance(here, results.session))
             io.write(nwbfile)
     log.info("appended processing/%s to %s", RESULTS_MODULE, source_path)
     return source_path
