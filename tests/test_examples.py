@@ -32,6 +32,13 @@ def test_quickstart(tmp_path):
     assert (tmp_path / "session_desc-llmdecode.nwb").exists()
 
 
+def test_notebook_flow(tmp_path):
+    out = run_example("notebook_flow.py", tmp_path)
+    assert "day 2, test of transfer" in out and "read back: test R²" in out
+    assert (tmp_path / "sub-fish3_ses-1_desc-llmdecode_ophys.nwb").exists()
+    assert (tmp_path / "notebook_flow.png").stat().st_size > 10_000
+
+
 def test_compare_example(tmp_path):
     out = run_example("compare_synthetic.py", tmp_path)
     assert "report:" in out

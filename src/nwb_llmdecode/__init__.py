@@ -7,10 +7,22 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["__version__", "inspect_source", "load_session"]
+__all__ = ["Decoder", "FitConfig", "__version__", "inspect_source", "load_session", "read_results"]
 
 
 def __getattr__(name: str):  # lazy: `import nwb_llmdecode` stays cheap
+    if name == "Decoder":
+        from .estimator import Decoder
+
+        return Decoder
+    if name == "FitConfig":
+        from .config import FitConfig
+
+        return FitConfig
+    if name == "read_results":
+        from .io.results import read_results
+
+        return read_results
     if name == "load_session":
         from .io.read import load_session
 

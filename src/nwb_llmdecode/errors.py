@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "LLMDecodeError",
     "MissingDependencyError",
+    "NotFittedError",
     "OutputExistsError",
     "RemoteError",
     "SelectionError",
@@ -61,3 +62,7 @@ class RemoteError(LLMDecodeError, RuntimeError):
 
 class MissingDependencyError(LLMDecodeError, ImportError):
     """An optional dependency is not installed; the message says what to install."""
+
+
+class NotFittedError(LLMDecodeError, ValueError, AttributeError):
+    """A decoder was used before ``fit`` (scikit-learn's ``NotFittedError`` contract)."""

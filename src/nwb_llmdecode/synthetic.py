@@ -118,6 +118,7 @@ def make_session(
     raw_imaging: bool = False,
     summary_images: bool = True,
     fluorescence: bool = True,
+    recording: int = 0,
     overwrite: bool = False,
 ) -> SyntheticTruth:
     """Write a synthetic NWB session in which known *driver* ROIs determine behaviour.
@@ -161,6 +162,11 @@ def make_session(
         Add per-plane mean and correlation images.
     fluorescence
         Also write raw fluorescence (a Fluorescence container) beside ΔF/F.
+    recording
+        Which recording of the same animal: ``0`` (the default) and any other number give
+        sessions with the same ROIs, masks, driver ROIs, readout weights and lags but
+        freshly drawn neural activity (and so behaviour), like two sessions of one fish
+        imaged on the same planes. A decoder fitted on one predicts the other.
     overwrite
         Replace ``path`` if it exists.
 
@@ -225,6 +231,16 @@ def make_session(
     calcium = lfilter([1.0], [1.0, -decay], spikes, axis=0)
     signal = calcium + 0.6 * drive.clip(0, None)  # sub-threshold modulation seen in ΔF/F
     dff = (0.25 * signal + rng.normal(0.0, 0.08, size=signal.shape)).astype(np.float32)
+    if recording:
+        # same animal, another recording: new activity draws from their own generator, so
+        # that every later draw of `rng` (drivers, weights, lags, masks) stays the same
+        rec_rng = np.random.default_rng([seed, 1000 + int(recording)])
+        latents = _ar1(rec_rng, frames, n_latent, tau=8.0 * frame_rate)
+        private = _ar1(rec_rng, frames, rois, tau=1.5 * frame_rate)
+        drive = 0.8 * (latents @ loading) + 1.0 * private
+        spikes = rec_rng.poisson(0.15 * np.log1p(np.exp(1.5 * drive - 1.0))).astype(np.float64)
+        signal = lfilter([1.0], [1.0, -decay], spikes, axis=0) + 0.6 * drive.clip(0, None)
+        dff = (0.25 * signal + rec_rng.normal(0.0, 0.08, size=signal.shape)).astype(np.float32)
 
     # --- planted drivers and behaviour -------------------------------------------------
     drivers = np.sort(rng.choice(rois, size=n_drivers, replace=False))
@@ -270,7 +286,8 @@ def make_session(
     nwbfile = NWBFile(
         session_description="Synthetic larval zebrafish session with planted driver ROIs "
         "(nwb_llmdecode.synthetic.make_session).",
-        identifier=f"llmdecode-synthetic-{seed}-{frames}-{rois}-{planes}",
+        identifier=f"llmdecode-synthetic-{seed}-{frames}-{rois}-{planes}"
+        + (f"-rec{recording}" if recording else ""),
         session_start_time=_dt.datetime(2025, 1, 1, 12, 0, tzinfo=_dt.timezone.utc),
         experimenter=["Synthetic, Data"],
         lab="nwb-llmdecode",

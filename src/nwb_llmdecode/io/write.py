@@ -111,7 +111,8 @@ class DecodingResults:
         ``config_json``.
     salience
         Optional Dataset with ``salience`` (roi), ``salience_by_output`` (roi, channel) and
-        ``timecourse`` (time, roi), on the session's ROIs.
+        ``salience_timecourse`` (time, roi; ``timecourse`` is accepted too), on the
+        session's ROIs, as :meth:`nwb_llmdecode.Decoder.explain` returns it.
     ablation
         Optional rows with ``k``, ``kind``, ``draw``, ``rmse``, ``delta_rmse``.
     """
@@ -517,6 +518,25 @@ def source_provenance(src: NWBSource, session: xr.Dataset) -> dict[str, str]:
     }
 
 
+def _session_columns(results: DecodingResults) -> dict[str, str]:
+    """``decoding_run`` columns that say which series were decoded and how salience was
+    made, so that :func:`~nwb_llmdecode.io.results.read_results` can invert the writer."""
+    attrs = results.session.attrs
+    details = ""
+    if results.salience is not None:
+        keep = {
+            k: (v.item() if isinstance(v, np.generic) else v)
+            for k, v in results.salience.attrs.items()
+            if isinstance(v, str | int | float | list | np.generic)
+        }
+        details = json.dumps(_as_pairs(keep))
+    return {
+        "roi_series": str(attrs.get("roi_series", "[]")),
+        "behavior_series": str(attrs.get("behavior_series", "[]")),
+        "salience_json": details,
+    }
+
+
 def _add_results_module(
     nwbfile: Any,
     results: DecodingResults,
@@ -653,8 +673,15 @@ def _add_results_module(
             "digest of the asset (algorithm:value) when it gives one, else empty",
         ),
         ("sessions", "identifiers of the sessions the decoder was trained on (JSON list)"),
+        ("roi_series", "object paths of the ROI series decoded from, in ROI order (JSON list)"),
+        ("behavior_series", "object paths of the behaviour series decoded (JSON list)"),
+        (
+            "salience_json",
+            "salience method details (baseline, convergence delta, steps) as a JSON list of "
+            "[key, value] pairs; empty without salience",
+        ),
     ):
-        v = {**provenance, **results.run}.get(key)
+        v = {**provenance, **_session_columns(results), **results.run}.get(key)
         if key == "config_json" and isinstance(v, str):
             v = json.dumps(_as_pairs(json.loads(v)))
         if isinstance(v, bool | np.bool_):
@@ -740,7 +767,8 @@ def _add_salience(
     assert sal is not None
     per_roi = np.asarray(sal["salience"].values, dtype=np.float64)
     by_out = np.asarray(sal["salience_by_output"].values, dtype=np.float64)
-    course = np.asarray(sal["timecourse"].values, dtype=np.float32)
+    name = "salience_timecourse" if "salience_timecourse" in sal else "timecourse"
+    course = np.asarray(sal[name].values, dtype=np.float32)
     rank = np.empty(len(per_roi), dtype=np.int64)
     rank[salience_order(per_roi)] = np.arange(1, len(per_roi) + 1)
     method = str(sal.attrs.get("method", results.run.get("salience_method", "")))

@@ -91,7 +91,8 @@ class PositionalEmbedding(LinearEmbedding):
     --------
     >>> emb = PositionalEmbedding(30, 8, max_len=5)
     >>> out = emb(torch.zeros(2, 5, 30))
-    >>> bool(torch.allclose(out[0, 1] - out[0, 0], emb.position[1] - emb.position[0]))
+    >>> d = emb.position[1] - emb.position[0]
+    >>> bool(torch.allclose(out[0, 1] - out[0, 0], d, atol=1e-6))
     True
     """
 
