@@ -41,7 +41,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "minilm-lora": {"train_mode": "lora"},
     "smollm2": {"backbone": "smollm2", "train_mode": "lora"},
     "ridge": {"backbone": "ridge"},
-    "ridge-20": {"backbone": "ridge", "ridge_lags": 20},
+    "ridge-20": {"backbone": "ridge", "ridge": {"lags": 20}},
     "lstm": {"backbone": "lstm"},
     "reservoir": {"backbone": "reservoir"},
 }

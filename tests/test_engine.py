@@ -71,9 +71,9 @@ def _check_result(res: FitResult, activity: np.ndarray, behavior: np.ndarray) ->
         ({"train_mode": "frozen"}, Decoder),
         ({"train_mode": "lora", "embedding": "positional"}, Decoder),
         ({"train_mode": "full", "init": "random"}, Decoder),
-        ({"backbone": "lstm", "lstm_hidden": 16}, LSTMDecoder),
+        ({"backbone": "lstm", "lstm": {"hidden": 16}}, LSTMDecoder),
         ({"backbone": "ridge"}, RidgeDecoder),
-        ({"backbone": "reservoir", "reservoir_size": 100}, ReservoirDecoder),
+        ({"backbone": "reservoir", "reservoir": {"size": 100}}, ReservoirDecoder),
     ],
     ids=[
         "minilm-frozen",
@@ -116,7 +116,7 @@ def test_smollm2_lora_runs_end_to_end(session, tmp_path):
 
 def test_seed_makes_cpu_runs_reproducible(session):
     activity, behavior = session
-    cfg = FitConfig(backbone="lstm", lstm_hidden=16, **{**QUICK, "epochs": 2})
+    cfg = FitConfig(backbone="lstm", lstm={"hidden": 16}, **{**QUICK, "epochs": 2})
     a = fit_arrays(activity, behavior, config=cfg)
     b = fit_arrays(activity, behavior, config=cfg)
     c = fit_arrays(activity, behavior, config=cfg.replace(seed=1))
@@ -148,7 +148,7 @@ def test_early_stopping_restores_the_best_state(session):
     noise = rng.standard_normal((activity.shape[0], 1)).astype(np.float32)  # undecodable
     cfg = FitConfig(
         backbone="lstm",
-        lstm_hidden=32,
+        lstm={"hidden": 32},
         lr=1e-2,
         embedding_l2=0.0,
         patience=2,
@@ -173,7 +173,7 @@ def test_nan_behaviour_frames_are_masked(session):
     b = behavior.copy()
     b[50:80] = np.nan  # training frames without behaviour
     b[-20:] = np.nan  # test frames without behaviour
-    res = fit_arrays(activity, b, config=FitConfig(backbone="lstm", lstm_hidden=8, **QUICK))
+    res = fit_arrays(activity, b, config=FitConfig(backbone="lstm", lstm={"hidden": 8}, **QUICK))
     assert all(np.isfinite(h["train_loss"]) for h in res.history)
     test = {r["channel"]: r for r in res.metrics if r["split"] == "test"}
     _, t0, t1 = res.splits[2]
@@ -204,7 +204,7 @@ def test_memory_windows_are_never_materialised(tmp_path):
     behavior = activity[:, :2] * 0.5
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
     cfg = FitConfig(
-        backbone="lstm", lstm_hidden=8, epochs=1, max_windows_per_epoch=64, eval_batch_size=64
+        backbone="lstm", lstm={"hidden": 8}, epochs=1, max_windows_per_epoch=64, eval_batch_size=64
     )
     res = fit_arrays(activity, behavior, config=cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -223,8 +223,8 @@ def test_memory_windows_are_never_materialised(tmp_path):
         {"train_mode": "lora"},
         {"train_mode": "full", "init": "random", "backbone": "minilm"},
         {"backbone": "ridge"},
-        {"backbone": "reservoir", "reservoir_size": 50},
-        {"backbone": "lstm", "lstm_hidden": 8},
+        {"backbone": "reservoir", "reservoir": {"size": 50}},
+        {"backbone": "lstm", "lstm": {"hidden": 8}},
     ],
     ids=["lora", "random-full", "ridge", "reservoir", "lstm"],
 )

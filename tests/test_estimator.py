@@ -11,7 +11,7 @@ from nwb_llmdecode import Decoder, FitConfig, load_session, read_results
 from nwb_llmdecode.errors import ConfigError, DataError, NotFittedError
 from nwb_llmdecode.synthetic import make_session
 
-FAST = {"backbone": "lstm", "lstm_hidden": 32, "epochs": 8, "seq_len": 10, "lr": 3e-3}
+FAST = {"backbone": "lstm", "lstm": {"hidden": 32}, "epochs": 8, "seq_len": 10, "lr": 3e-3}
 
 
 @pytest.fixture(scope="module")

@@ -335,11 +335,13 @@ def test_build_model_dispatches_on_backbone_name():
         build_model(FitConfig(backbone="ridge"), n_rois=3, n_channels=2), RidgeDecoder
     )
     assert isinstance(
-        build_model(FitConfig(backbone="reservoir", reservoir_size=10), n_rois=3, n_channels=2),
+        build_model(
+            FitConfig(backbone="reservoir", reservoir={"size": 10}), n_rois=3, n_channels=2
+        ),
         ReservoirDecoder,
     )
     assert isinstance(
-        build_model(FitConfig(backbone="lstm", lstm_hidden=4), n_rois=3, n_channels=2),
+        build_model(FitConfig(backbone="lstm", lstm={"hidden": 4}), n_rois=3, n_channels=2),
         LSTMDecoder,
     )
     calls = []

@@ -4,6 +4,13 @@
 checked in ``__post_init__``; a bad value raises :class:`~nwb_llmdecode.errors.ConfigError`
 that quotes it. ``to_json`` / ``from_json`` round-trip exactly, so the effective
 configuration can be stored with results and checkpoints.
+
+Options shared by every decoder are fields of :class:`FitConfig`; options of one model
+family live in their own small section: :class:`LoRAOptions` (``lora``),
+:class:`RidgeOptions` (``ridge``), :class:`LSTMOptions` (``lstm``) and
+:class:`ReservoirOptions` (``reservoir``). In JSON, TOML and YAML a section is a nested
+table (``[fit.ridge]`` / ``{"ridge": {"alphas": [...]}}``); the flat names of earlier
+versions (``ridge_alphas``, ``lstm_hidden``, ``lora_r``...) are still read.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ __all__ = [
     "SALIENCE_METHODS",
     "TRAIN_MODES",
     "FitConfig",
+    "LSTMOptions",
+    "LoRAOptions",
+    "ReservoirOptions",
+    "RidgeOptions",
 ]
 
 #: Packaged offline backbones, by alias.
@@ -43,6 +54,159 @@ SALIENCE_METHODS: tuple[str, ...] = ("integrated-gradients", "saliency", "grad-x
 
 def _default_ridge_alphas() -> tuple[float, ...]:
     return tuple(float(10.0**e) for e in range(-2, 6))
+
+
+def _bad(section: str, name: str, value: Any, expected: str) -> None:
+    raise ConfigError(f"{section}{name}={value!r} is not valid: expected {expected}")
+
+
+def _int_at_least(section: str, name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _bad(section, name, value, f"an integer >= {minimum}")
+
+
+def _number(section: str, name: str, value: Any, *, positive: bool) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        _bad(section, name, value, "a positive number" if positive else "a number >= 0")
+
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    """LoRA adapters of ``train_mode="lora"``: rank ``r``, scaling ``alpha``, ``dropout``.
+
+    Examples
+    --------
+    >>> LoRAOptions(r=4).alpha
+    16.0
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        _int_at_least("lora.", "r", self.r, 1)
+        _number("lora.", "alpha", self.alpha, positive=True)
+        _number("lora.", "dropout", self.dropout, positive=False)
+        if self.dropout >= 1.0:
+            _bad("lora.", "dropout", self.dropout, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RidgeOptions:
+    """The ridge baseline: penalties ``alphas`` tried on the validation block (also used
+    by the reservoir's readout) and the number of time ``lags`` (``None``: chosen on the
+    validation block among counts up to ``seq_len``).
+
+    Examples
+    --------
+    >>> RidgeOptions(lags=4).alphas[:3]
+    (0.01, 0.1, 1.0)
+    """
+
+    alphas: tuple[float, ...] = field(default_factory=_default_ridge_alphas)
+    lags: int | None = None
+
+    def __post_init__(self) -> None:
+        v = self.alphas
+        if isinstance(v, str | bytes) or not hasattr(v, "__iter__"):
+            _bad("ridge.", "alphas", v, "a non-empty list of positive numbers")
+        object.__setattr__(self, "alphas", tuple(v))
+        if not self.alphas or any(
+            not _is_number(a) or not math.isfinite(a) or a <= 0 for a in self.alphas
+        ):
+            _bad("ridge.", "alphas", self.alphas, "a non-empty list of positive numbers")
+        if self.lags is not None:
+            _int_at_least("ridge.", "lags", self.lags, 1)
+
+
+@dataclass(frozen=True)
+class LSTMOptions:
+    """The LSTM baseline: ``hidden`` units per layer and the number of ``layers``."""
+
+    hidden: int = 128
+    layers: int = 1
+
+    def __post_init__(self) -> None:
+        _int_at_least("lstm.", "hidden", self.hidden, 1)
+        _int_at_least("lstm.", "layers", self.layers, 1)
+
+
+@dataclass(frozen=True)
+class ReservoirOptions:
+    """The echo-state-network baseline: ``size`` units, ``spectral_radius`` (< 1),
+    ``leak`` rate in (0, 1] and ``input_scale`` of the random input weights."""
+
+    size: int = 500
+    spectral_radius: float = 0.9
+    leak: float = 1.0
+    input_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _int_at_least("reservoir.", "size", self.size, 1)
+        _number("reservoir.", "spectral_radius", self.spectral_radius, positive=True)
+        if self.spectral_radius >= 1.0:
+            _bad("reservoir.", "spectral_radius", self.spectral_radius, "a number in (0, 1)")
+        _number("reservoir.", "leak", self.leak, positive=True)
+        if self.leak > 1.0:
+            _bad("reservoir.", "leak", self.leak, "a number in (0, 1]")
+        _number("reservoir.", "input_scale", self.input_scale, positive=True)
+
+
+#: Model-family sections of :class:`FitConfig`: attribute -> options class.
+SECTIONS: dict[str, type] = {
+    "lora": LoRAOptions,
+    "ridge": RidgeOptions,
+    "lstm": LSTMOptions,
+    "reservoir": ReservoirOptions,
+}
+#: Flat option names of earlier versions -> (section, option); still read everywhere.
+LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    "lora_r": ("lora", "r"),
+    "lora_alpha": ("lora", "alpha"),
+    "lora_dropout": ("lora", "dropout"),
+    "ridge_alphas": ("ridge", "alphas"),
+    "ridge_lags": ("ridge", "lags"),
+    "lstm_hidden": ("lstm", "hidden"),
+    "lstm_layers": ("lstm", "layers"),
+    "reservoir_size": ("reservoir", "size"),
+    "spectral_radius": ("reservoir", "spectral_radius"),
+    "reservoir_leak": ("reservoir", "leak"),
+    "reservoir_input_scale": ("reservoir", "input_scale"),
+}
+
+
+def _section(name: str, value: Any) -> Any:
+    """A section object from itself or from a mapping of its options."""
+    cls = SECTIONS[name]
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{name}={value!r} is not valid: expected a table of {name} options "
+            f"({', '.join(f.name for f in dataclasses.fields(cls))})"
+        )
+    known = {f.name for f in dataclasses.fields(cls)}
+    kw = {str(k).replace("-", "_"): v for k, v in value.items()}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {name} option(s) {', '.join(map(repr, unknown))}; known: "
+            + ", ".join(sorted(known))
+        )
+    return cls(**kw)
+
+
+def _fold_legacy(kw: dict[str, Any], base: Any = None) -> dict[str, Any]:
+    """Move flat legacy names (``ridge_alphas``...) into their sections (merged with
+    ``base``'s sections, or the defaults)."""
+    flat = {k: kw.pop(k) for k in list(kw) if k in LEGACY_NAMES}
+    for key, value in flat.items():
+        section, option = LEGACY_NAMES[key]
+        current = kw.get(section, getattr(base, section, None) if base is not None else None)
+        current = _section(section, current if current is not None else {})
+        kw[section] = dataclasses.replace(current, **{option: value})
+    return kw
 
 
 @dataclass(frozen=True)
@@ -118,18 +282,17 @@ class FitConfig:
         Allow a hub model to run its own code. Never on unless asked for.
     split
         Fractions (train, validation, test) of the frames, in time order.
-    lora_r, lora_alpha, lora_dropout
-        LoRA rank, scaling and dropout.
-    ridge_alphas
-        Ridge penalties tried on the validation block (ridge baseline, reservoir readout).
-    ridge_lags
-        Number of time lags (0 .. ridge_lags-1 frames) of the ridge baseline; ``None``
-        chooses it on the validation block among counts up to ``seq_len``.
-    lstm_hidden, lstm_layers
-        Size of the LSTM baseline.
-    reservoir_size, spectral_radius, reservoir_leak, reservoir_input_scale
-        Echo-state network baseline: units, spectral radius (< 1), leak rate and scale of
-        the random input weights.
+    lora
+        :class:`LoRAOptions` (rank ``r``, ``alpha``, ``dropout``) of ``train_mode="lora"``;
+        a mapping of them is accepted.
+    ridge
+        :class:`RidgeOptions` (``alphas`` tried on the validation block, number of
+        ``lags``) of the ridge baseline and the reservoir's readout.
+    lstm
+        :class:`LSTMOptions` (``hidden``, ``layers``) of the LSTM baseline.
+    reservoir
+        :class:`ReservoirOptions` (``size``, ``spectral_radius``, ``leak``,
+        ``input_scale``) of the echo-state-network baseline.
     salience
         Attribution method used by the salience step: ``"integrated-gradients"``,
         ``"saliency"``, ``"grad-x-input"`` or ``"none"``.
@@ -141,6 +304,10 @@ class FitConfig:
     True
     >>> cfg.replace(backbone="ridge").backbone
     'ridge'
+    >>> FitConfig(backbone="lstm", lstm={"hidden": 32}).lstm
+    LSTMOptions(hidden=32, layers=1)
+    >>> FitConfig.from_dict({"ridge_lags": 4}).ridge.lags  # the flat name of earlier versions
+    4
     """
 
     backbone: str = "minilm"
@@ -167,26 +334,18 @@ class FitConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    ridge_alphas: tuple[float, ...] = field(default_factory=_default_ridge_alphas)
-    ridge_lags: int | None = None
-    lstm_hidden: int = 128
-    lstm_layers: int = 1
-    reservoir_size: int = 500
-    spectral_radius: float = 0.9
-    reservoir_leak: float = 1.0
-    reservoir_input_scale: float = 1.0
     salience: str = "integrated-gradients"
+    lora: LoRAOptions = field(default_factory=LoRAOptions)
+    ridge: RidgeOptions = field(default_factory=RidgeOptions)
+    lstm: LSTMOptions = field(default_factory=LSTMOptions)
+    reservoir: ReservoirOptions = field(default_factory=ReservoirOptions)
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
         # JSON gives lists: store tuples so that equality and hashing work.
         object.__setattr__(self, "split", tuple(self._seq("split", self.split)))
-        object.__setattr__(
-            self, "ridge_alphas", tuple(self._seq("ridge_alphas", self.ridge_alphas))
-        )
+        for name in SECTIONS:  # mappings (from JSON, TOML, keywords) become sections
+            object.__setattr__(self, name, _section(name, getattr(self, name)))
         self._check_choice("init", INITS)
         self._check_choice("train_mode", TRAIN_MODES)
         self._check_choice("embedding", EMBEDDINGS)
@@ -201,48 +360,30 @@ class FitConfig:
             self._bad("device", "one of auto, cpu, cuda, cuda:N")
         for name in ("seq_len", "epochs", "batch_size", "eval_batch_size", "train_stride"):
             self._check_int(name, 1)
-        for name in (
-            "embedding_kernel",
-            "lora_r",
-            "lstm_hidden",
-            "lstm_layers",
-            "reservoir_size",
-            "min_epochs",
-        ):
+        for name in ("embedding_kernel", "min_epochs"):
             self._check_int(name, 1)
         self._check_int("patience", 0)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             self._bad("seed", "an integer")
         if self.max_windows_per_epoch is not None:
             self._check_int("max_windows_per_epoch", 1)
-        if self.ridge_lags is not None:
-            self._check_int("ridge_lags", 1)
-            if self.ridge_lags > self.seq_len:
-                self._bad("ridge_lags", f"at most seq_len ({self.seq_len}) or None")
-        for name in ("lr", "backbone_lr", "lora_alpha", "reservoir_input_scale"):
+        if self.ridge.lags is not None and self.ridge.lags > self.seq_len:
+            raise ConfigError(
+                f"ridge.lags={self.ridge.lags!r} is not valid: expected at most seq_len "
+                f"({self.seq_len}) or None"
+            )
+        for name in ("lr", "backbone_lr"):
             self._check_float(name, positive=True)
-        for name in ("weight_decay", "embedding_l2"):
+        for name in ("weight_decay", "embedding_l2", "input_dropout"):
             self._check_float(name, positive=False)
-        for name in ("input_dropout", "lora_dropout"):
-            self._check_float(name, positive=False)
-            if getattr(self, name) >= 1.0:
-                self._bad(name, "a number in [0, 1)")
-        self._check_float("spectral_radius", positive=True)
-        if self.spectral_radius >= 1.0:
-            self._bad("spectral_radius", "a number in (0, 1) (echo-state property)")
-        self._check_float("reservoir_leak", positive=True)
-        if self.reservoir_leak > 1.0:
-            self._bad("reservoir_leak", "a number in (0, 1]")
+        if self.input_dropout >= 1.0:
+            self._bad("input_dropout", "a number in [0, 1)")
         if len(self.split) != 3 or any(
             not _is_number(f) or not math.isfinite(f) or f <= 0 for f in self.split
         ):
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
         if abs(sum(self.split) - 1.0) > 1e-6:
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
-        if not self.ridge_alphas or any(
-            not _is_number(a) or not math.isfinite(a) or a <= 0 for a in self.ridge_alphas
-        ):
-            self._bad("ridge_alphas", "a non-empty list of positive numbers")
         for name in ("gradient_checkpointing", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(name, "true or false")
@@ -287,12 +428,14 @@ class FitConfig:
         return self.backbone in BASELINE_NAMES
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of JSON types (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        """Plain dict of JSON types (tuples become lists, sections nested dicts)."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return list(v) if isinstance(v, tuple) else v
+
+        return plain(dataclasses.asdict(self))
 
     def to_json(self, **kwargs: Any) -> str:
         """The configuration as a JSON object (keyword arguments go to ``json.dumps``)."""
@@ -302,12 +445,14 @@ class FitConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> FitConfig:
         """Build from a mapping; unknown keys raise :class:`ConfigError` naming them.
 
-        Dashes in keys are accepted for underscores (``seq-len`` as in the CLI).
+        Dashes in keys are accepted for underscores (``seq-len`` as in the CLI); sections
+        are nested mappings, and the flat names of earlier versions (``ridge_alphas``,
+        ``lstm_hidden``...) are read into their sections.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"configuration must be a mapping of options, got {data!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        kw = {str(k).replace("-", "_"): v for k, v in data.items()}
+        kw = _fold_legacy({str(k).replace("-", "_"): v for k, v in data.items()})
         unknown = sorted(set(kw) - known)
         if unknown:
             raise ConfigError(
@@ -331,6 +476,7 @@ class FitConfig:
     def replace(self, **changes: Any) -> FitConfig:
         """A copy with some options changed (validated again)."""
         known = {f.name for f in dataclasses.fields(self)}
+        changes = _fold_legacy(dict(changes), base=self)
         unknown = sorted(set(changes) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))}")

@@ -174,7 +174,7 @@ def build_model(
 
     Examples
     --------
-    >>> m = build_model(FitConfig(backbone="lstm", lstm_hidden=8), n_rois=5, n_channels=2)
+    >>> m = build_model(FitConfig(backbone="lstm", lstm={"hidden": 8}), n_rois=5, n_channels=2)
     >>> m(torch.zeros(1, 20, 5)).shape
     torch.Size([1, 20, 2])
     """
@@ -184,23 +184,23 @@ def build_model(
             n_rois,
             n_channels,
             seq_len=config.seq_len,
-            lags=config.ridge_lags,
-            alphas=config.ridge_alphas,
+            lags=config.ridge.lags,
+            alphas=config.ridge.alphas,
         )
     if name == "reservoir":
         return ReservoirDecoder(
             n_rois,
             n_channels,
-            size=config.reservoir_size,
-            spectral_radius=config.spectral_radius,
-            leak=config.reservoir_leak,
-            input_scale=config.reservoir_input_scale,
-            alphas=config.ridge_alphas,
+            size=config.reservoir.size,
+            spectral_radius=config.reservoir.spectral_radius,
+            leak=config.reservoir.leak,
+            input_scale=config.reservoir.input_scale,
+            alphas=config.ridge.alphas,
             seed=config.seed,
         )
     if name == "lstm":
         return LSTMDecoder(
-            n_rois, n_channels, hidden_size=config.lstm_hidden, num_layers=config.lstm_layers
+            n_rois, n_channels, hidden_size=config.lstm.hidden, num_layers=config.lstm.layers
         ).to(device)
     if progress is not None:
         progress("load backbone", 0, 1)
@@ -215,9 +215,9 @@ def build_model(
     apply_train_mode(
         backbone,
         config.train_mode,
-        lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
+        lora_r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
         gradient_checkpointing=config.gradient_checkpointing,
     )
     embedding = build_embedding(
