@@ -25,7 +25,8 @@ from .errors import ConfigError, OutputExistsError
 __all__ = ["SyntheticTruth", "make_session"]
 
 MaskKind = Literal["image", "pixel", "voxel"]
-Readout = Literal["linear", "bouts"]
+Readout = Literal["linear", "bouts", "interaction"]
+Noise = Literal["iid", "heteroscedastic", "correlated"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class SyntheticTruth:
         Object path of the ΔF/F series of each plane, in order.
     behavior_path
         Object path of the behaviour series.
+    decoy_rois
+        Global indices of the non-driver ROIs made to share a driver's slow activity.
+    readout, noise
+        The readout and noise model used.
     """
 
     path: Path
@@ -61,11 +66,14 @@ class SyntheticTruth:
     behavior_rate: float
     roi_series_paths: tuple[str, ...] = field(default_factory=tuple)
     behavior_path: str = ""
+    decoy_rois: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    readout: str = "linear"
+    noise: str = "iid"
 
     def to_json(self) -> str:
         d = asdict(self)
         d["path"] = str(self.path)
-        for k in ("driver_rois", "weights", "lags"):
+        for k in ("driver_rois", "weights", "lags", "decoy_rois"):
             d[k] = np.asarray(d[k]).tolist()
         return json.dumps(d)
 
@@ -112,6 +120,10 @@ def make_session(
     n_drivers: int = 10,
     n_channels: int = 3,
     readout: Readout = "linear",
+    population: float = 0.8,
+    decoys: int = 0,
+    spread_drivers: bool = False,
+    noise: Noise = "iid",
     mask: MaskKind = "image",
     behavior_timestamps: bool = False,
     behavior_gap: tuple[float, float] | None = None,
@@ -146,7 +158,23 @@ def make_session(
         bouts, as real tail kinematics are: a vigour gate ``sigmoid(3 (v - 0.5))`` of a
         second (positive) driver mixture ``v`` multiplies the bend ``0.6 tanh(1.5 u)``, so the
         angle is near zero between bouts and its sign and size depend on the drivers
-        jointly; a linear decoder cannot represent the product.
+        jointly; a linear decoder cannot represent the product. ``"interaction"``: a
+        lagged nonlinear readout with an interaction term, ``0.6 tanh(u + 0.9 a b)``,
+        where ``a`` and ``b`` are two different lagged drivers per channel.
+    population
+        Weight of the slow population factors shared by all ROIs in every ROI's drive
+        (0.8 by default; larger values correlate non-drivers more with drivers).
+    decoys
+        Number of non-driver ROIs that are given the slow component of a driver's
+        activity (not its fast, behaviour-relevant part as seen alone): ROIs that
+        correlate with drivers without driving, among which the drivers hide.
+    spread_drivers
+        Draw the drivers plane by plane in turn, so every plane holds some.
+    noise
+        Observation noise added to the recorded ΔF/F after behaviour is made: ``"iid"``
+        (none beyond the base noise), ``"heteroscedastic"`` (noise that grows with each
+        ROI's signal level) or ``"correlated"`` (a common-mode and low-rank fluctuation
+        shared across ROIs, like neuropil or motion).
     mask
         ROI mask kind: ``"image"`` (dense image masks), ``"pixel"`` or ``"voxel"``.
     behavior_timestamps
@@ -207,8 +235,21 @@ def make_session(
         )
     if not 1 <= n_drivers <= rois:
         raise ConfigError(f"make_session: n_drivers must be in 1..rois (got {n_drivers})")
-    if readout not in ("linear", "bouts"):
-        raise ConfigError(f"make_session: readout must be linear or bouts (got {readout!r})")
+    if readout not in ("linear", "bouts", "interaction"):
+        raise ConfigError(
+            f"make_session: readout must be linear, bouts or interaction (got {readout!r})"
+        )
+    if noise not in ("iid", "heteroscedastic", "correlated"):
+        raise ConfigError(
+            f"make_session: noise must be iid, heteroscedastic or correlated (got {noise!r})"
+        )
+    if not 0 <= decoys <= rois - n_drivers:
+        raise ConfigError(
+            f"make_session: decoys must be in 0..rois - n_drivers ({rois - n_drivers}), "
+            f"got {decoys}"
+        )
+    if not population >= 0:
+        raise ConfigError(f"make_session: population must be >= 0 (got {population!r})")
     if mask not in ("image", "pixel", "voxel"):
         raise ConfigError(f"make_session: mask must be image, pixel or voxel (got {mask!r})")
     if path.exists() and not overwrite:
@@ -222,7 +263,7 @@ def make_session(
     latents = _ar1(rng, frames, n_latent, tau=8.0 * frame_rate)  # slow shared factors
     private = _ar1(rng, frames, rois, tau=1.5 * frame_rate)  # fast private fluctuations
     loading = rng.normal(0.0, 1.0, size=(n_latent, rois)) / np.sqrt(n_latent)
-    drive = 0.8 * (latents @ loading) + 1.0 * private
+    drive = population * (latents @ loading) + 1.0 * private
     rate = 0.15 * np.log1p(np.exp(1.5 * drive - 1.0))  # spikes per frame, softplus
     spikes = rng.poisson(rate).astype(np.float64)
     decay = float(np.exp(-dt / 1.2))  # GCaMP6s-like decay, tau ~ 1.2 s
@@ -237,14 +278,35 @@ def make_session(
         rec_rng = np.random.default_rng([seed, 1000 + int(recording)])
         latents = _ar1(rec_rng, frames, n_latent, tau=8.0 * frame_rate)
         private = _ar1(rec_rng, frames, rois, tau=1.5 * frame_rate)
-        drive = 0.8 * (latents @ loading) + 1.0 * private
+        drive = population * (latents @ loading) + 1.0 * private
         spikes = rec_rng.poisson(0.15 * np.log1p(np.exp(1.5 * drive - 1.0))).astype(np.float64)
         signal = lfilter([1.0], [1.0, -decay], spikes, axis=0) + 0.6 * drive.clip(0, None)
         dff = (0.25 * signal + rec_rng.normal(0.0, 0.08, size=signal.shape)).astype(np.float32)
 
     # --- planted drivers and behaviour -------------------------------------------------
-    drivers = np.sort(rng.choice(rois, size=n_drivers, replace=False))
+    if spread_drivers:  # round robin over planes (own generator: new sessions only)
+        spread_rng = np.random.default_rng([seed, 2])
+        pools = [list(spread_rng.permutation(m)) for m in np.array_split(np.arange(rois), planes)]
+        picked: list[int] = []
+        while len(picked) < n_drivers:
+            for pool in pools:
+                if pool and len(picked) < n_drivers:
+                    picked.append(int(pool.pop()))
+        drivers = np.sort(np.asarray(picked, dtype=np.int64))
+    else:
+        drivers = np.sort(rng.choice(rois, size=n_drivers, replace=False))
     lags = rng.integers(0, 3, size=n_drivers)
+    decoy_rois = np.zeros(0, dtype=np.int64)
+    if decoys:
+        # non-drivers that share a driver's slow activity (exponential smoothing, ~8 s)
+        decoy_rng = np.random.default_rng([seed, 3])
+        others = np.setdiff1d(np.arange(rois), drivers)
+        decoy_rois = np.sort(decoy_rng.choice(others, size=decoys, replace=False))
+        slow = lfilter([1 - np.exp(-dt / 8.0)], [1.0, -np.exp(-dt / 8.0)], dff[:, drivers], axis=0)
+        slow = (slow - slow.mean(axis=0)) / slow.std(axis=0).clip(1e-6)
+        which = decoy_rng.integers(0, n_drivers, size=decoys)
+        scale = dff[:, decoy_rois].std(axis=0) * decoy_rng.uniform(0.8, 1.5, size=decoys)
+        dff[:, decoy_rois] += (slow[:, which] * scale).astype(np.float32)
     weights = rng.normal(0.0, 1.0, size=(n_channels, n_drivers))
     weights /= np.abs(weights).sum(axis=1, keepdims=True).clip(1e-6)
     source = np.empty((frames, n_drivers))
@@ -253,6 +315,15 @@ def make_session(
         source[:, j] = np.concatenate([np.full(lag, x[0]), x[: frames - lag]]) if lag else x
     if readout == "linear":
         frame_behavior = 0.6 * np.tanh(1.2 * source @ weights.T)  # radians, (frames, channels)
+    elif readout == "interaction":
+        # own generator: the pair of interacting drivers of each channel
+        pair_rng = np.random.default_rng([seed, 4])
+        pairs = [
+            pair_rng.choice(n_drivers, size=2, replace=False) if n_drivers > 1 else np.array([0, 0])
+            for _ in range(n_channels)
+        ]
+        inter = np.stack([source[:, a] * source[:, b] for a, b in pairs], axis=1)
+        frame_behavior = 0.6 * np.tanh(source @ weights.T + 0.9 * inter)
     else:
         # own generator: the activity and every other draw match the "linear" session
         bout_rng = np.random.default_rng([seed, 1])
@@ -261,6 +332,21 @@ def make_session(
         vigour = (vigour - vigour.mean()) / vigour.std().clip(1e-6)
         gate = 1.0 / (1.0 + np.exp(-3.0 * (vigour - 0.5)))  # fraction of the frame swimming
         frame_behavior = 0.6 * gate[:, None] * np.tanh(1.5 * source @ weights.T)
+
+    # --- observation noise on top (behaviour was made from the activity above) -------
+    if noise != "iid":
+        noise_rng = np.random.default_rng([seed, 5])
+        sd = dff.std(axis=0, keepdims=True).clip(1e-6)
+        if noise == "heteroscedastic":
+            level = (dff - dff.min(axis=0, keepdims=True)) / sd  # grows with the signal
+            dff += (0.35 * sd * level * noise_rng.standard_normal(dff.shape)).astype(np.float32)
+        else:
+            common = _ar1(noise_rng, frames, 1, tau=2.0 * frame_rate)
+            low = _ar1(noise_rng, frames, 3, tau=0.5 * frame_rate)
+            mix = noise_rng.normal(0.0, 1.0, size=(3, rois)) / np.sqrt(3)
+            gain = noise_rng.uniform(0.3, 0.8, size=(1, rois))
+            dff += (sd * (gain * common + 0.4 * (low @ mix))).astype(np.float32)
+        dff = dff.astype(np.float32)
 
     # --- time bases ------------------------------------------------------------------
     t0 = 1.5  # imaging starts 1.5 s into the session
@@ -301,6 +387,9 @@ def make_session(
                 "driver_rois": drivers.tolist(),
                 "lags": lags.tolist(),
                 "readout": readout,
+                "noise": noise,
+                "decoy_rois": decoy_rois.tolist(),
+                "recording": int(recording),
             }
         ),
     )
@@ -473,6 +562,9 @@ def make_session(
         behavior_rate=behavior_rate,
         roi_series_paths=tuple(roi_paths),
         behavior_path=behavior_path,
+        decoy_rois=decoy_rois,
+        readout=readout,
+        noise=noise,
     )
 
 
