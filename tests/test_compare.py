@@ -237,7 +237,7 @@ def test_median_seed_smallest_p_and_the_seed_warning(compared, tmp_path):
     assert (st["p"] >= 0.25 - 1e-12).all()  # no row can beat the floor
     m = len(st)
     assert (
-        "With 3 seeds paired, a two-sided Wilcoxon signed-rank test cannot give a p-value "
+        "With 3 paired seeds, a two-sided Wilcoxon signed-rank test cannot give a p-value "
         f"below 0.25, whatever the data; after Holm correction over the {m} comparisons the "
         f"smallest reachable adjusted p is {min(1.0, m * 0.25):.3g}."
     ) in page

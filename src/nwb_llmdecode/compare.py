@@ -856,18 +856,23 @@ def _p_floor(stats_df: Any) -> tuple[str, bool]:
     i = int(np.argmin(floors))
     row = stats_df.iloc[i]
     if row["test"] == "wilcoxon":
-        what = f"{int(row['n_a'])} seeds paired, a two-sided Wilcoxon signed-rank test"
+        what = f"{int(row['n_a'])} paired seeds, a two-sided Wilcoxon signed-rank test"
     else:
         what = (
             f"{int(row['n_a'])} and {int(row['n_b'])} unpaired seeds, a two-sided "
             "Mann-Whitney U test"
         )
     floor, holm_floor = float(floors[i]), min(1.0, m * float(floors[i]))
-    text = (
-        f"With {what} cannot give a p-value below {floor:.3g}, whatever the data; after Holm "
-        f"correction over the {m} comparisons the smallest reachable adjusted p is "
-        f"{holm_floor:.3g}."
-    )
+    text = f"With {what} cannot give a p-value below {floor:.3g}, whatever the data"
+    if m == 1:
+        text += " (one comparison: Holm correction leaves it as it is)."
+    else:
+        text += (
+            f"; after Holm correction over the {m} comparisons the smallest reachable "
+            f"adjusted p is {holm_floor:.3g}."
+        )
+    if not np.allclose(floors, floor):
+        text = "The comparisons here ran different numbers of seeds. " + text
     if holm_floor < 0.05:
         return text, False
     need = next((n for n in range(2, 60) if m * smallest_p("wilcoxon", n) < 0.05), None)
@@ -878,8 +883,9 @@ def _p_floor(stats_df: Any) -> tuple[str, bool]:
     )
     if need is not None:
         text += (
-            f" With {m} comparisons, at least {need} paired seeds are needed for an adjusted "
-            f"p < 0.05 to be possible (the paper used {PAPER_SEEDS}; run with --seeds)."
+            f" With {'one comparison' if m == 1 else f'{m} comparisons'}, at least {need} "
+            f"paired seeds are needed for {'a' if m == 1 else 'an adjusted'} p < 0.05 to be "
+            f"possible (the paper used {PAPER_SEEDS}; run with --seeds)."
         )
     return text, True
 
