@@ -378,8 +378,7 @@ def run_compare(
         rec = _load_run(out, run)
         if rec is None:  # a report directory written before runs/ existed: refit this run
             log.info(
-                "compare: no stored predictions for %s, L = %d, seed %d; refitting it for "
-                "the figures",
+                "no stored predictions for %s, L = %d, seed %d; refitting it for the figures",
                 run["model"],
                 run["seq_len"],
                 run["seed"],
@@ -424,7 +423,7 @@ def _warn_few_seeds(seeds: int) -> None:
             f"{smallest_p('wilcoxon', seeds):.3g}, so no difference can be significant"
         )
     log.warning(
-        "compare: only %d seed(s) per setting: %s; use --seeds %d or more (the paper used %d)",
+        "only %d seed(s) per setting: %s; use --seeds %d or more (the paper used %d)",
         seeds,
         why,
         MIN_SEEDS,
@@ -532,7 +531,7 @@ def _load_run(out: Path, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
         with np.load(path, allow_pickle=False) as z:
             rec = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-        log.warning("compare: %s is unreadable (%s); refitting that run", path, e)
+        log.warning("%s is unreadable (%s); refitting that run", path, e)
         return None
     if not np.array_equal(rec.get("key"), _run_key(run)):
         return None
@@ -841,7 +840,8 @@ def _figures(
     for key, name, make in todo:
         fig = make()
         figs[key] = out / name
-        fig.savefig(figs[key])
+        # constrained layout places everything; "tight" makes sure nothing is cut at the edges
+        fig.savefig(figs[key], bbox_inches="tight", pad_inches=0.08)
     return figs
 
 
