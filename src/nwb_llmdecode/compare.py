@@ -51,6 +51,7 @@ __all__ = [
     "PAPER_SEEDS",
     "CompareGrid",
     "holm",
+    "median_run",
     "pairwise_stats",
     "run_compare",
     "smallest_p",
@@ -333,8 +334,9 @@ def run_compare(
     if overwrite and not resume:
         for name in ("results.csv", "stats.csv", "report.html"):
             (out / name).unlink(missing_ok=True)
-        for old in (out / _RUNS).glob("*.npz"):
-            old.unlink()
+        for pattern in ("*.npz", "*.npz.part"):
+            for old in (out / _RUNS).glob(pattern):
+                old.unlink()
 
     with open_nwb(source, cache_dir=cache_dir) as src:
         ds = read_session(src, rois=rois, behavior=behavior)
@@ -527,13 +529,17 @@ def _load_run(out: Path, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
     path = _run_path(out, run)
     if not path.is_file():
         return None
+    import zipfile
+
     try:
         with np.load(path, allow_pickle=False) as z:
             rec = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        log.warning("%s is unreadable (%s); refitting that run", path, e)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("%s is unreadable (%s); ignoring it (refitted if a figure needs it)", path, e)
         return None
-    if not np.array_equal(rec.get("key"), _run_key(run)):
+    if not {"key", "test_block", "predictions", "salience"} <= set(rec):
+        return None
+    if not np.array_equal(rec["key"], _run_key(run)):
         return None
     return rec
 
