@@ -172,13 +172,13 @@ def holm(p: Sequence[float]) -> np.ndarray:
     >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
     [0.03, 0.06, 0.06]
     """
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    order = np.argsort(p)
+    q = np.asarray(p, dtype=np.float64)
+    m = len(q)
+    order = np.argsort(q)
     adj = np.empty(m)
     running = 0.0
     for i, j in enumerate(order):
-        running = max(running, (m - i) * p[j])
+        running = max(running, (m - i) * q[j])
         adj[j] = min(1.0, running)
     return adj
 
@@ -630,8 +630,14 @@ def _rmse_figure(results: Any, units: Sequence[str]) -> Any:
     counts = df.groupby(["_group", "_init", "seq_len"]).size()
 
     panel_w = max(2.4, 0.45 * xpos + 0.5)
-    fig = Figure(figsize=(panel_w * len(lens) + 2.8, 4.4), dpi=130, layout="constrained")
-    axes = fig.subplots(1, len(lens), sharey=True, squeeze=False)[0]
+    # side by side while the figure stays page-wide (~14 in), else one row per length
+    ncol = max(1, min(len(lens), int(14 // panel_w)))
+    nrow = int(np.ceil(len(lens) / ncol))
+    fig = Figure(figsize=(panel_w * ncol + 2.8, 3.7 * nrow + 0.8), dpi=130, layout="constrained")
+    grid = fig.subplots(nrow, ncol, sharey=True, squeeze=False)
+    for ax in grid.ravel()[len(lens) :]:
+        ax.set_visible(False)
+    axes = grid.ravel()[: len(lens)]
     rng = np.random.default_rng(0)  # jitter of the seed dots only
     for ax, L in zip(axes, lens, strict=True):
         for (g, i), x0 in pos.items():
@@ -658,7 +664,8 @@ def _rmse_figure(results: Any, units: Sequence[str]) -> Any:
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="y", color="0.9", zorder=0)
         ax.set_axisbelow(True)
-    axes[0].set_ylabel(_rmse_label(units), fontsize=10)
+    for ax in grid[:, 0]:
+        ax.set_ylabel(_rmse_label(units), fontsize=10)
     axes[0].set_ylim(bottom=0)
     handles = [Patch(color=colours[i], label=_INIT_NAMES.get(i, i)) for i in inits]
     fig.legend(handles=handles, title="init", loc="outside right upper", fontsize=9)
@@ -745,6 +752,7 @@ def _plane_name(name: str) -> str:
 def _salience_figure(ds: Any, shown: dict[str, Any], sal: np.ndarray, top_k: int = 20) -> Any:
     """Salience of each ROI at its position: one panel per imaging plane, one colour scale."""
     import pandas as pd
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
@@ -767,10 +775,9 @@ def _salience_figure(ds: Any, shown: dict[str, Any], sal: np.ndarray, top_k: int
     fig = Figure(figsize=(4.6 * ncol + 1.2, 4.3 * nrow + 0.9), dpi=130, layout="constrained")
     axes = fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False).ravel()
     norm = Normalize(vmin=0.0, vmax=max(float(np.nanmax(sal)), 1e-12))
-    sc = None
     for ax, p in zip(axes, names, strict=False):
         here = planes == p
-        sc = ax.scatter(
+        ax.scatter(
             xs[here],
             ys[here],
             c=sal[here],
@@ -806,7 +813,10 @@ def _salience_figure(ds: Any, shown: dict[str, Any], sal: np.ndarray, top_k: int
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.colorbar(
-        sc, ax=list(axes[: len(names)]), label="salience (mean |grad × input|)", shrink=0.9
+        ScalarMappable(norm=norm, cmap="magma"),
+        ax=list(axes[: len(names)]),
+        label="salience (mean |grad × input|)",
+        shrink=0.9,
     )
     fig.suptitle(
         f"Salience per ROI on the test block: {shown['model']}, L = {shown['seq_len']}, "
