@@ -5,6 +5,10 @@ initialisation, ridge, LSTM and the reservoir (echo-state) baseline, at two sequ
 lengths, three seeds each; writes results.csv, stats.csv, figures and report.html.
 Finishes in under ten minutes on a laptop CPU (``--fast``: about a minute).
 
+Three seeds keep the example short, and ``compare`` warns about it: no test across 3
+seeds can reach p < 0.25, as the report's summary says. For results you mean to
+publish, keep ``compare``'s default of 10 seeds (the paper's).
+
 Run: ``python examples/compare_synthetic.py [--fast] [--out DIR]``.
 """
 

@@ -10,10 +10,19 @@ length x seeds) on one session with the same preprocessing and splits, then writ
   length x embedding): Wilcoxon signed-rank when both models ran the same seeds
   (paired), Mann-Whitney U otherwise, with rank-biserial effect sizes and Holm-corrected
   p-values over the whole table;
-* figures (PNG): test RMSE per model and sequence length (mean ± SEM over seeds),
-  predicted vs actual behaviour of the best model on the test block, and the salience of
-  the most salient ROIs at their positions;
-* ``report.html``: one self-contained page (figures embedded) readable offline.
+* ``runs/``: one small ``.npz`` per run (its test-block predictions and, for decoders with
+  gradients, its per-ROI salience), written as the run finishes, so the figures of a
+  resumed comparison need no refits;
+* figures (PNG): test RMSE per model, init and sequence length in the behaviour's unit
+  (mean ± SEM over seeds, every seed drawn), predicted vs actual behaviour on the test
+  block for the median seed of the best model (the other seeds drawn faintly), and the
+  salience of each ROI at its position, one panel per imaging plane;
+* ``report.html``: one self-contained page (figures embedded) readable offline, whose
+  summary states the smallest p-value the tests can reach with the seeds run.
+
+The tests run across seeds, so the seed count bounds what they can show: with ``n`` paired
+seeds a two-sided Wilcoxon signed-rank test cannot go below ``p = 2 / 2**n`` (0.25 for 3
+seeds). The default is the paper's 10 seeds; fewer than 6 log a warning.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import html
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,12 +45,29 @@ import numpy as np
 from .config import FitConfig
 from .errors import ConfigError, OutputExistsError
 
-__all__ = ["BASELINES", "CompareGrid", "holm", "pairwise_stats", "run_compare"]
+__all__ = [
+    "BASELINES",
+    "MIN_SEEDS",
+    "PAPER_SEEDS",
+    "CompareGrid",
+    "holm",
+    "median_run",
+    "pairwise_stats",
+    "run_compare",
+    "smallest_p",
+]
 
 log = logging.getLogger(__name__)
 
 #: Backbone names that are baselines (no init / embedding / train mode variants).
 BASELINES = ("ridge", "lstm", "reservoir")
+#: Models fitted in closed form: no gradients, so no salience.
+_NO_GRADIENTS = ("ridge", "reservoir")
+#: Seeds per setting in the paper (and ``compare``'s default).
+PAPER_SEEDS = 10
+#: Below this many seeds ``compare`` warns: a two-sided Wilcoxon signed-rank test on 5 seeds
+#: cannot go below p = 0.0625, so no comparison can reach p < 0.05.
+MIN_SEEDS = 6
 _KEYS = ("model", "backbone", "init", "embedding", "train_mode", "seq_len", "seed")
 
 
@@ -53,7 +80,7 @@ class CompareGrid:
     seq_lens: tuple[int, ...] = (5, 10, 20)
     embeddings: tuple[str, ...] = ("temporal",)
     train_modes: tuple[str, ...] = ("full",)
-    seeds: int = 3
+    seeds: int = PAPER_SEEDS
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -101,6 +128,42 @@ def _config_for(base: FitConfig, run: dict[str, Any]) -> FitConfig:
     return base.replace(**kw)
 
 
+def smallest_p(test: str, n_a: int, n_b: int | None = None) -> float:
+    """The smallest two-sided p-value a test in ``stats.csv`` can give with these seed counts.
+
+    Computed with the same scipy call as :func:`pairwise_stats`, on the most extreme data
+    possible: every paired difference of one sign (Wilcoxon), or the two samples completely
+    separated (Mann-Whitney U). With few seeds no data can reach a small p.
+
+    Parameters
+    ----------
+    test
+        ``"wilcoxon"`` (``n_a`` pairs) or ``"mannwhitney"`` (``n_a`` and ``n_b`` seeds).
+    n_a, n_b
+        Seeds of each model (``n_b`` defaults to ``n_a``).
+
+    Examples
+    --------
+    >>> smallest_p("wilcoxon", 3), smallest_p("wilcoxon", 6), smallest_p("wilcoxon", 10)
+    (0.25, 0.03125, 0.001953125)
+    >>> round(smallest_p("mannwhitney", 3, 3), 3)
+    0.1
+    """
+    from scipy import stats
+
+    n_b = n_a if n_b is None else n_b
+    if test == "wilcoxon":
+        if n_a < 2:
+            return 1.0
+        return float(stats.wilcoxon(np.arange(1.0, n_a + 1), zero_method="wilcox").pvalue)
+    if test == "mannwhitney":
+        if n_a < 1 or n_b < 1:
+            return 1.0
+        lo, hi = np.arange(float(n_a)), np.arange(float(n_a), float(n_a + n_b))
+        return float(stats.mannwhitneyu(lo, hi, alternative="two-sided").pvalue)
+    raise ConfigError(f"smallest_p: unknown test {test!r}; use 'wilcoxon' or 'mannwhitney'")
+
+
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1).
 
@@ -109,13 +172,13 @@ def holm(p: Sequence[float]) -> np.ndarray:
     >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
     [0.03, 0.06, 0.06]
     """
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    order = np.argsort(p)
+    q = np.asarray(p, dtype=np.float64)
+    m = len(q)
+    order = np.argsort(q)
     adj = np.empty(m)
     running = 0.0
     for i, j in enumerate(order):
-        running = max(running, (m - i) * p[j])
+        running = max(running, (m - i) * q[j])
         adj[j] = min(1.0, running)
     return adj
 
@@ -201,13 +264,20 @@ def pairwise_stats(results: Any, metric: str = "test_rmse_mean") -> Any:
 
 @dataclass
 class CompareReport:
-    """Where a comparison's files went and its tables."""
+    """Where a comparison's files went, its tables, and which runs its figures show.
+
+    ``shown`` maps a figure (``"traces"``, ``"salience_map"``) to the run it draws: the
+    ``model`` and ``seq_len`` with the lowest mean test RMSE over seeds (among decoders with
+    gradients for the salience map) and its median seed (``seed``, ``rank`` of ``n`` seeds
+    ordered by test RMSE, ``test_rmse_mean``).
+    """
 
     directory: Path
     results: Any
     stats: Any
     figures: dict[str, Path] = field(default_factory=dict)
     html: Path | None = None
+    shown: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -237,9 +307,12 @@ def run_compare(
 ) -> CompareReport:
     """Run the grid on one session and write the report (see the module docstring).
 
+    Logs a warning when ``grid.seeds`` is below :data:`MIN_SEEDS`: the tests across seeds
+    could not reach p < 0.05 whatever the data.
+
     Examples
     --------
-    >>> grid = CompareGrid(models=("minilm", "ridge"), seq_lens=(10,), seeds=3)
+    >>> grid = CompareGrid(models=("minilm", "ridge"), seq_lens=(10,), seeds=10)
     >>> run_compare("session.nwb", grid=grid, report_dir="report")  # doctest: +SKIP
     """
     import pandas as pd
@@ -256,10 +329,14 @@ def run_compare(
             f"{csv_path}: a comparison is already there; pass --resume to continue it or "
             "--overwrite to start again"
         )
+    _warn_few_seeds(grid.seeds)
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
         for name in ("results.csv", "stats.csv", "report.html"):
             (out / name).unlink(missing_ok=True)
+        for pattern in ("*.npz", "*.npz.part"):
+            for old in (out / _RUNS).glob(pattern):
+                old.unlink()
 
     with open_nwb(source, cache_dir=cache_dir) as src:
         ds = read_session(src, rois=rois, behavior=behavior)
@@ -272,8 +349,6 @@ def run_compare(
     if done is not None and len(done):
         finished = {tuple(str(r[k]) for k in _KEYS) for _, r in done.iterrows()}
     runs = grid.runs(base)
-    best: tuple[float, dict[str, Any], Any] | None = None
-    best_grad: tuple[float, dict[str, Any], Any] | None = None  # best run with gradients
     for i, run in enumerate(runs):
         key = tuple(str(run[k]) for k in _KEYS)
         if key in finished:
@@ -291,13 +366,9 @@ def run_compare(
                 row[f"test_{k}_{lab}"] = float(m[k])
         for k in ("rmse", "r2", "pearson"):
             row[f"test_{k}_mean"] = float(np.mean([m[k] for m in test]))
+        # the run's file before its row: every row of results.csv has its predictions
+        _save_run(out, run, result, x)
         pd.DataFrame([row]).to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
-        if best is None or row["test_rmse_mean"] < best[0]:
-            best = (row["test_rmse_mean"], run, result)
-        if run["backbone"] not in ("ridge", "reservoir") and (
-            best_grad is None or row["test_rmse_mean"] < best_grad[0]
-        ):
-            best_grad = (row["test_rmse_mean"], run, result)
     if progress:
         progress("compare runs", len(runs), len(runs))
 
@@ -305,149 +376,175 @@ def run_compare(
     stats_df = pairwise_stats(results)
     stats_df.to_csv(out / "stats.csv", index=False)
 
-    def refit(rows: Any) -> tuple[float, dict[str, Any], Any] | None:
-        if not len(rows):
-            return None
-        top = rows.sort_values("test_rmse_mean").iloc[0]
-        run = {k: (int(top[k]) if k in ("seq_len", "seed") else str(top[k])) for k in _KEYS}
-        return (float(top["test_rmse_mean"]), run, fit_arrays(x, y, config=_config_for(base, run)))
+    def load(run: dict[str, Any]) -> dict[str, np.ndarray]:
+        rec = _load_run(out, run)
+        if rec is None:  # a report directory written before runs/ existed: refit this run
+            log.info(
+                "no stored predictions for %s, L = %d, seed %d; refitting it for the figures",
+                run["model"],
+                run["seq_len"],
+                run["seed"],
+            )
+            _save_run(out, run, fit_arrays(x, y, config=_config_for(base, run)), x)
+            rec = _load_run(out, run)
+            assert rec is not None
+        return rec
 
-    # runs done before a resume are not in memory: refit the best ones for the figures
-    if best is None or best[0] > results["test_rmse_mean"].min():
-        best = refit(results)
-    grad_rows = results[~results["backbone"].isin(["ridge", "reservoir"])]
-    if best_grad is None or (len(grad_rows) and best_grad[0] > grad_rows["test_rmse_mean"].min()):
-        best_grad = (
-            best
-            if best is not None and best[1]["backbone"] not in ("ridge", "reservoir")
-            else refit(grad_rows)
-        )
-    assert best is not None
-    figures = _figures(out, results, ds, best, best_grad, labels)
-    report = CompareReport(directory=out, results=results, stats=stats_df, figures=figures)
-    report.html = _html(out, source, grid, results, stats_df, figures, best[1])
+    shown = {"traces": median_run(results)}
+    grad = results[~results["backbone"].isin(_NO_GRADIENTS)]
+    if len(grad):
+        shown["salience_map"] = median_run(grad)
+    # every seed of the shown setting drawn faintly, from its file (the median one refit if
+    # need be)
+    seeds = shown["traces"]["seeds"]
+    records = {int(r["seed"]): _load_run(out, _run_of(r)) for _, r in seeds.iterrows()}
+    records[shown["traces"]["seed"]] = load(shown["traces"]["run"])
+    salience = None
+    if "salience_map" in shown:
+        salience = load(shown["salience_map"]["run"])["salience"]
+    figures = _figures(out, results, ds, labels, shown, records, salience)
+    report = CompareReport(
+        directory=out,
+        results=results,
+        stats=stats_df,
+        figures=figures,
+        shown={k: {kk: vv for kk, vv in v.items() if kk != "seeds"} for k, v in shown.items()},
+    )
+    report.html = _html(out, source, grid, results, stats_df, figures, shown, _units(ds))
     return report
 
 
-# ----------------------------------------------------------------------------------------
-# figures and the HTML page
-# ----------------------------------------------------------------------------------------
-
-
-def _figures(
-    out: Path,
-    results: Any,
-    ds: Any,
-    best: tuple[float, dict[str, Any], Any],
-    best_grad: tuple[float, dict[str, Any], Any] | None,
-    labels: list[str],
-) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .salience import salience_order
-
-    figs: dict[str, Path] = {}
-    # 1. grouped bars: test RMSE per model and seq_len, mean ± SEM over seeds
-    agg = results.groupby(["model", "seq_len"])["test_rmse_mean"].agg(["mean", "sem", "count"])
-    models = sorted(results["model"].unique())
-    lens = sorted(results["seq_len"].unique())
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(models) * len(lens) / 2 + 3), 4.2), dpi=120)
-    width = 0.8 / len(lens)
-    cmap = plt.get_cmap("viridis")
-    for j, L in enumerate(lens):
-        means = [agg.loc[(m, L), "mean"] if (m, L) in agg.index else np.nan for m in models]
-        sems = [agg.loc[(m, L), "sem"] if (m, L) in agg.index else np.nan for m in models]
-        ax.bar(
-            np.arange(len(models)) + (j - (len(lens) - 1) / 2) * width,
-            means,
-            width,
-            yerr=np.nan_to_num(sems),
-            capsize=3,
-            label=f"L = {L}",
-            color=cmap(j / max(1, len(lens) - 1) * 0.85),
+def _warn_few_seeds(seeds: int) -> None:
+    if seeds >= MIN_SEEDS:
+        return
+    if seeds < 2:
+        why = "no test across seeds is possible with 1 seed"
+    else:
+        why = (
+            f"a two-sided Wilcoxon signed-rank test on {seeds} seeds cannot give p below "
+            f"{smallest_p('wilcoxon', seeds):.3g}, so no difference can be significant"
         )
-    ax.set_xticks(np.arange(len(models)))
-    ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("test RMSE (mean over channels)")
-    # the figure is narrow for small grids: keep the title short enough not to be clipped
-    ax.set_title("Test RMSE per model and sequence length", fontsize=10)
-    ax.legend(title="sequence length", fontsize=8)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    figs["rmse_bars"] = out / "rmse_by_model.png"
-    fig.savefig(figs["rmse_bars"])
-    plt.close(fig)
+    log.warning(
+        "only %d seed(s) per setting: %s; use --seeds %d or more (the paper used %d)",
+        seeds,
+        why,
+        MIN_SEEDS,
+        PAPER_SEEDS,
+    )
 
-    # 2. predicted vs actual on the test block for the best run
-    _, run, result = best
+
+def median_run(results: Any) -> dict[str, Any]:
+    """The setting with the lowest mean test RMSE over seeds, and its median seed.
+
+    The figures show this run rather than the single best seed, which would be a
+    cherry-pick among seeds chosen on the test block itself.
+
+    Parameters
+    ----------
+    results
+        Rows of ``results.csv`` (a pandas DataFrame).
+
+    Returns
+    -------
+    dict
+        ``model``, ``seq_len``, ``seed``, ``test_rmse_mean`` of the median seed, its
+        ``rank`` among the ``n`` seeds of that setting ordered by test RMSE (for an even
+        ``n`` the lower median, rank ``n / 2``), ``run`` (the grid settings of that run)
+        and ``seeds`` (that setting's rows, ordered by test RMSE).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"model": ["a"] * 3 + ["b"] * 3, "seq_len": 5,
+    ...                    "seed": [0, 1, 2] * 2, "test_rmse_mean": [3, 1, 2, 5, 6, 7]})
+    >>> m = median_run(df)
+    >>> m["model"], m["seed"], m["rank"], m["n"]
+    ('a', 2, 2, 3)
+    """
+    means = results.groupby(["model", "seq_len"])["test_rmse_mean"].mean()
+    model, seq_len = means.idxmin()
+    group = results[(results["model"] == model) & (results["seq_len"] == seq_len)]
+    group = group.sort_values(["test_rmse_mean", "seed"], kind="stable")
+    k = (len(group) - 1) // 2
+    top = group.iloc[k]
+    return {
+        "model": str(model),
+        "seq_len": int(seq_len),
+        "seed": int(top["seed"]),
+        "test_rmse_mean": float(top["test_rmse_mean"]),
+        "rank": k + 1,
+        "n": len(group),
+        "run": _run_of(top),
+        "seeds": group,
+    }
+
+
+def _run_of(row: Any) -> dict[str, Any]:
+    """Grid settings of a ``results.csv`` row (what :meth:`CompareGrid.runs` yields)."""
+    out = {}
+    for k in _KEYS:
+        v = row[k] if k in row else "-"
+        out[k] = int(v) if k in ("seq_len", "seed") else str(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# one file per run: test-block predictions and salience, so figures survive a resume
+# ----------------------------------------------------------------------------------------
+
+_RUNS = "runs"
+
+
+def _run_path(out: Path, run: dict[str, Any]) -> Path:
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run["model"]))
+    return out / _RUNS / f"{model}_L{int(run['seq_len'])}_seed{int(run['seed'])}.npz"
+
+
+def _run_key(run: dict[str, Any]) -> np.ndarray:
+    return np.array([str(run[k]) for k in _KEYS])
+
+
+def _save_run(out: Path, run: dict[str, Any], result: Any, x: np.ndarray) -> None:
+    """Write a run's test-block predictions (and salience) atomically to ``runs/``."""
     start, stop = next((s, e) for name, s, e in result.splits if name == "test")
-    t = ds["time"].values[start:stop]
-    n_ch = len(labels)
-    fig, axes = plt.subplots(
-        n_ch, 1, figsize=(9, 1.9 * n_ch + 0.6), dpi=120, sharex=True, squeeze=False
-    )
-    for c in range(n_ch):
-        a = axes[c, 0]
-        a.plot(t, ds["behavior"].values[start:stop, c], color="0.25", lw=1.2, label="actual")
-        a.plot(t, result.predictions[start:stop, c], color="tab:orange", lw=1.2, label="predicted")
-        a.set_ylabel(f"{labels[c]}\n({ds['unit'].values[c]})", fontsize=8)
-        a.spines[["top", "right"]].set_visible(False)
-    axes[0, 0].legend(fontsize=8, loc="upper right")
-    axes[-1, 0].set_xlabel("time (s)")
-    fig.suptitle(
-        f"Best run on the test block: {run['model']}, L = {run['seq_len']}, seed {run['seed']}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    figs["traces"] = out / "best_model_test_traces.png"
-    fig.savefig(figs["traces"])
-    plt.close(fig)
-
-    # 3. salience map of the top ROIs of the best run that has gradients
     sal = None
-    if best_grad is not None:
-        _, run, result = best_grad
-        sal = _salience_of_best(result, ds, run)
-    if sal is not None:
-        xs, ys = ds["x"].values, ds["y"].values
-        fig, ax = plt.subplots(figsize=(6.5, 5.2), dpi=120)
-        known = np.isfinite(xs) & np.isfinite(ys)
-        if not known.any():  # no positions: lay ROIs out by index
-            side = int(np.ceil(np.sqrt(len(xs))))
-            xs, ys = np.arange(len(xs)) % side, np.arange(len(xs)) // side
-            ax.set_title("Salience per ROI (positions unknown: ROIs laid out by index)", fontsize=9)
-        else:
-            ax.set_title(f"Salience of the ROIs ({run['model']}); top 20 outlined", fontsize=9)
-        top = salience_order(sal)[:20]
-        sc = ax.scatter(
-            xs, ys, c=sal, s=12 + 120 * sal / max(sal.max(), 1e-12), cmap="magma", edgecolors="none"
+    if run["backbone"] not in _NO_GRADIENTS:
+        sal = _salience_of(result, x, run)
+    path = _run_path(out, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            key=_run_key(run),
+            test_block=np.array([start, stop], dtype=np.int64),
+            predictions=np.asarray(result.predictions[start:stop], dtype=np.float32),
+            salience=np.zeros(0, np.float32) if sal is None else sal.astype(np.float32),
         )
-        ax.scatter(xs[top], ys[top], s=140, facecolors="none", edgecolors="tab:cyan", lw=1.2)
-        for r in top[:10]:
-            ax.annotate(
-                str(int(r)),
-                (xs[r], ys[r]),
-                fontsize=7,
-                color="tab:cyan",
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-        ax.invert_yaxis()
-        ax.set_aspect("equal")
-        ax.set_xlabel("x (pixels)")
-        ax.set_ylabel("y (pixels)")
-        fig.colorbar(sc, ax=ax, label="salience (mean |attribution|)")
-        fig.tight_layout()
-        figs["salience_map"] = out / "salience_map.png"
-        fig.savefig(figs["salience_map"])
-        plt.close(fig)
-    return figs
+    os.replace(tmp, path)
 
 
-def _salience_of_best(result: Any, ds: Any, run: dict[str, Any]) -> np.ndarray | None:
+def _load_run(out: Path, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """A run's stored arrays, or None when missing or written for another run."""
+    path = _run_path(out, run)
+    if not path.is_file():
+        return None
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            rec = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("%s is unreadable (%s); ignoring it (refitted if a figure needs it)", path, e)
+        return None
+    if not {"key", "test_block", "predictions", "salience"} <= set(rec):
+        return None
+    if not np.array_equal(rec["key"], _run_key(run)):
+        return None
+    return rec
+
+
+def _salience_of(result: Any, x: np.ndarray, run: dict[str, Any]) -> np.ndarray | None:
     """Per-ROI grad x input salience of a run on its test block (None without gradients)."""
     from .salience import compute_salience
 
@@ -455,11 +552,11 @@ def _salience_of_best(result: Any, ds: Any, run: dict[str, Any]) -> np.ndarray |
     if not hasattr(model, "parameters"):
         return None
     start, stop = next((s, e) for name, s, e in result.splits if name == "test")
-    x = result.normalization.activity(np.asarray(ds["activity"].values, dtype=np.float32))
+    xn = result.normalization.activity(x)
     device = next(model.parameters()).device
     sal = compute_salience(
         model,
-        x,
+        xn,
         block=(start, stop),
         seq_len=int(run["seq_len"]),
         method="grad-x-input",
@@ -468,18 +565,379 @@ def _salience_of_best(result: Any, ds: Any, run: dict[str, Any]) -> np.ndarray |
     return np.asarray(sal["salience"].values)
 
 
-def _table_html(df: Any, float_fmt: str = "{:.4g}") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = []
-    for _, r in df.iterrows():
-        cells = []
-        for v in r.to_numpy():
-            s = float_fmt.format(v) if isinstance(v, float | np.floating) else str(v)
-            cells.append(f"<td>{html.escape(s)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    # wide tables (one column per metric and channel) scroll inside their box, not the page
+# ----------------------------------------------------------------------------------------
+# figures and the HTML page
+# ----------------------------------------------------------------------------------------
+
+#: Bar colours by init; baselines ("-") are grey.
+_INIT_COLOURS = {"pretrained": "#1f77b4", "random": "#ff7f0e", "-": "#8c8c8c"}
+_INIT_NAMES = {"pretrained": "pretrained", "random": "random init", "-": "baseline"}
+
+
+def _units(ds: Any) -> list[str]:
+    return [str(u) for u in ds["unit"].values]
+
+
+def _rmse_label(units: Sequence[str]) -> str:
+    """Axis label of the channel-mean test RMSE, in the behaviour's unit when it has one."""
+    distinct = list(dict.fromkeys(units))
+    n = len(units)
+    if len(distinct) == 1:
+        over = f",\nmean over {n} channels" if n > 1 else ""
+        return f"test RMSE ({distinct[0]}){over}"
+    # an average over channels of different units has no unit: say so
+    return f"test RMSE, mean over {n} channels\nof mixed units ({', '.join(distinct)})"
+
+
+def _seed_counts(counts: Any) -> str:
+    lo, hi = int(counts.min()), int(counts.max())
+    return f"n = {lo}" if lo == hi else f"n = {lo}–{hi}"
+
+
+def _rmse_figure(results: Any, units: Sequence[str]) -> Any:
+    """Grouped bars: one panel per sequence length, a group per model, a colour per init."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    df = results.assign(_init=results["init"].astype(str))
+    learnt = df[df["_init"] != "-"]
+    several = len(learnt[["embedding", "train_mode"]].astype(str).drop_duplicates()) > 1
+
+    def group_of(r: Any) -> str:
+        name = str(r["backbone"]).replace("/", "/\n")
+        if several and str(r["init"]) != "-":
+            name += f"\n{r['embedding']}, {r['train_mode']}"
+        return name
+
+    df["_group"] = [group_of(r) for _, r in df.iterrows()]
+    groups = list(pd.unique(df["_group"]))
+    known = list(_INIT_COLOURS)
+    inits = sorted(pd.unique(df["_init"]), key=lambda i: (known.index(i) if i in known else 1.5, i))
+    spare = iter(["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"] * 9)
+    colours = {i: _INIT_COLOURS.get(i) or next(spare) for i in inits}
+    pos: dict[tuple[str, str], float] = {}
+    ticks, xpos = [], 0.0
+    for g in groups:
+        first = xpos
+        for i in inits:
+            if ((df["_group"] == g) & (df["_init"] == i)).any():
+                pos[(g, i)] = xpos
+                xpos += 1.0
+        ticks.append((first + xpos - 1.0) / 2)
+        xpos += 0.6
+    lens = sorted(int(v) for v in df["seq_len"].unique())
+    counts = df.groupby(["_group", "_init", "seq_len"]).size()
+
+    panel_w = max(2.4, 0.45 * xpos + 0.5)
+    # side by side while the figure stays page-wide (~14 in), else one row per length
+    ncol = max(1, min(len(lens), int(14 // panel_w)))
+    nrow = int(np.ceil(len(lens) / ncol))
+    fig = Figure(figsize=(panel_w * ncol + 2.8, 3.7 * nrow + 0.8), dpi=130, layout="constrained")
+    grid = fig.subplots(nrow, ncol, sharey=True, squeeze=False)
+    for ax in grid.ravel()[len(lens) :]:
+        ax.set_visible(False)
+    axes = grid.ravel()[: len(lens)]
+    rng = np.random.default_rng(0)  # jitter of the seed dots only
+    for ax, L in zip(axes, lens, strict=True):
+        for (g, i), x0 in pos.items():
+            v = df[(df["_group"] == g) & (df["_init"] == i) & (df["seq_len"] == L)]
+            vals = v["test_rmse_mean"].to_numpy(dtype=float)
+            if not len(vals):
+                continue
+            sem = float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+            ax.bar(
+                x0,
+                vals.mean(),
+                0.8,
+                color=colours[i],
+                yerr=sem,
+                capsize=4,
+                error_kw={"lw": 1.2},
+                zorder=2,
+            )
+            jit = rng.uniform(-0.22, 0.22, len(vals)) if len(vals) > 1 else np.zeros(1)
+            ax.scatter(x0 + jit, vals, s=9, color="black", alpha=0.75, lw=0, zorder=3)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(groups, fontsize=10)
+        ax.set_title(f"L = {L} frames", fontsize=10)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.grid(axis="y", color="0.9", zorder=0)
+        ax.set_axisbelow(True)
+    for ax in grid[:, 0]:
+        ax.set_ylabel(_rmse_label(units), fontsize=10)
+    axes[0].set_ylim(bottom=0)
+    handles = [Patch(color=colours[i], label=_INIT_NAMES.get(i, i)) for i in inits]
+    fig.legend(handles=handles, title="init", loc="outside right upper", fontsize=9)
+    note = f"bars: mean ± SEM over {_seed_counts(counts)} seeds; dots: single seeds"
+    if int(counts.min()) == 1:
+        note += " (no error bar where n = 1)"
+    fig.suptitle(f"Test RMSE per model and sequence length L\n{note}", fontsize=10)
+    return fig
+
+
+def _traces_figure(
+    ds: Any,
+    labels: Sequence[str],
+    shown: dict[str, Any],
+    records: dict[int, dict[str, np.ndarray] | None],
+) -> Any:
+    """Actual vs predicted on the test block: the median seed bold, the other seeds faint."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    med = records[shown["seed"]]
+    assert med is not None
+    start, stop = (int(v) for v in med["test_block"])
+    t = ds["time"].values[start:stop]
+    units = _units(ds)
+    others = [
+        r
+        for s, r in records.items()
+        if s != shown["seed"]
+        and r is not None
+        and r["predictions"].shape == med["predictions"].shape
+    ]
+    n_ch = len(labels)
+    fig = Figure(figsize=(9, 1.8 * n_ch + 1.3), dpi=130, layout="constrained")
+    axes = fig.subplots(n_ch, 1, sharex=True, squeeze=False)[:, 0]
+    for c, ax in enumerate(axes):
+        for r in others:
+            ax.plot(t, r["predictions"][:, c], color="tab:orange", lw=0.7, alpha=0.3)
+        ax.plot(t, ds["behavior"].values[start:stop, c], color="0.15", lw=1.3)
+        ax.plot(t, med["predictions"][:, c], color="tab:orange", lw=1.5)
+        ax.set_ylabel(f"{labels[c]}\n({units[c]})", fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[-1].set_xlabel("time (s)")
+    handles = [
+        Line2D([], [], color="0.15", lw=1.3, label="actual"),
+        Line2D([], [], color="tab:orange", lw=1.5, label=f"predicted, median seed {shown['seed']}"),
+    ]
+    if others:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="tab:orange",
+                lw=1.2,
+                alpha=0.45,
+                label=f"predicted, the other {len(others)} seed(s)",
+            )
+        )
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False
+    )
+    rmse = shown["seeds"]["test_rmse_mean"]
+    u = list(dict.fromkeys(units))
+    unit = f" {u[0]}" if len(u) == 1 else ""
+    if np.isclose(rmse.min(), rmse.max()):
+        spread = f"all {shown['n']} seeds give the same RMSE"
+    else:
+        spread = f"seeds range {rmse.min():.3g} to {rmse.max():.3g}{unit}"
+    fig.suptitle(
+        f"Test block, {shown['model']}, L = {shown['seq_len']} (lowest mean test RMSE): "
+        f"median seed {shown['seed']}, rank {shown['rank']} of {shown['n']} by test RMSE\n"
+        f"test RMSE (mean over channels) {shown['test_rmse_mean']:.3g}{unit}; {spread}",
+        fontsize=10,
+    )
+    return fig
+
+
+def _plane_name(name: str) -> str:
+    """Short plane name: ``PlaneSegmentation_plane0`` -> ``plane0``."""
+    short = re.sub(r"^PlaneSegmentation_?", "", name) or name
+    return short if short.lower().startswith("plane") else f"plane {short}"
+
+
+def _salience_figure(ds: Any, shown: dict[str, Any], sal: np.ndarray, top_k: int = 20) -> Any:
+    """Salience of each ROI at its position: one panel per imaging plane, one colour scale."""
+    import pandas as pd
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    from .salience import salience_order
+
+    xs = np.asarray(ds["x"].values, dtype=float).copy()
+    ys = np.asarray(ds["y"].values, dtype=float).copy()
+    planes = np.asarray(ds["plane"].values).astype(str)
+    names = list(pd.unique(planes))
+    unknown = ~(np.isfinite(xs) & np.isfinite(ys))
+    for p in names:  # no positions in a plane: lay its ROIs out by index
+        idx = np.flatnonzero((planes == p) & unknown)
+        side = int(np.ceil(np.sqrt(max(len(idx), 1))))
+        xs[idx], ys[idx] = np.arange(len(idx)) % side, np.arange(len(idx)) // side
+    order = salience_order(sal)
+    top = order[:top_k]
+    rank = {int(r): k + 1 for k, r in enumerate(order[:10])}
+    ncol = min(len(names), 3)
+    nrow = int(np.ceil(len(names) / ncol))
+    fig = Figure(figsize=(4.6 * ncol + 1.2, 4.3 * nrow + 0.9), dpi=130, layout="constrained")
+    axes = fig.subplots(nrow, ncol, sharex=True, sharey=True, squeeze=False).ravel()
+    norm = Normalize(vmin=0.0, vmax=max(float(np.nanmax(sal)), 1e-12))
+    for ax, p in zip(axes, names, strict=False):
+        here = planes == p
+        ax.scatter(
+            xs[here],
+            ys[here],
+            c=sal[here],
+            norm=norm,
+            cmap="magma",
+            s=12 + 110 * sal[here] / norm.vmax,
+            edgecolors="0.6",
+            linewidths=0.3,
+        )
+        mine = [int(r) for r in top if here[r]]
+        ax.scatter(xs[mine], ys[mine], s=150, facecolors="none", edgecolors="tab:cyan", lw=1.3)
+        for r in mine:
+            if r in rank:
+                ax.annotate(
+                    str(rank[r]),
+                    (xs[r], ys[r]),
+                    fontsize=8,
+                    color="#005f73",
+                    fontweight="bold",
+                    xytext=(5, 4),
+                    textcoords="offset points",
+                )
+        where = " (positions unknown: laid out by index)" if unknown[here].any() else ""
+        ax.set_title(
+            f"{_plane_name(p)}: {int(here.sum())} ROIs, {len(mine)} of the top {len(top)}{where}",
+            fontsize=9,
+        )
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (pixels)")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("y (pixels)")
+    axes[0].invert_yaxis()  # shared: image orientation in every panel
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.colorbar(
+        ScalarMappable(norm=norm, cmap="magma"),
+        ax=list(axes[: len(names)]),
+        label="salience (mean |grad × input|)",
+        shrink=0.9,
+    )
+    fig.suptitle(
+        f"Salience per ROI on the test block: {shown['model']}, L = {shown['seq_len']}, "
+        f"median seed {shown['seed']} of {shown['n']}\n"
+        f"rings: the {len(top)} most salient ROIs; numbers: rank 1-10",
+        fontsize=10,
+    )
+    return fig
+
+
+def _figures(
+    out: Path,
+    results: Any,
+    ds: Any,
+    labels: list[str],
+    shown: dict[str, dict[str, Any]],
+    records: dict[int, dict[str, np.ndarray] | None],
+    salience: np.ndarray | None,
+) -> dict[str, Path]:
+    figs: dict[str, Path] = {}
+    todo = [
+        ("rmse_bars", "rmse_by_model.png", lambda: _rmse_figure(results, _units(ds))),
+        (
+            "traces",
+            "best_model_test_traces.png",
+            lambda: _traces_figure(ds, labels, shown["traces"], records),
+        ),
+    ]
+    if salience is not None and salience.size:
+        todo.append(
+            (
+                "salience_map",
+                "salience_map.png",
+                lambda: _salience_figure(ds, shown["salience_map"], salience),
+            )
+        )
+    for key, name, make in todo:
+        fig = make()
+        figs[key] = out / name
+        # constrained layout places everything; "tight" makes sure nothing is cut at the edges
+        fig.savefig(figs[key], bbox_inches="tight", pad_inches=0.08)
+    return figs
+
+
+def _p_floor(stats_df: Any) -> tuple[str, bool]:
+    """Summary sentence on the smallest p the tests can reach; True if none can be < 0.05."""
+    if not len(stats_df):
+        return "No pairwise test was run (fewer than two models at every setting).", False
+    floors = np.array(
+        [smallest_p(r["test"], int(r["n_a"]), int(r["n_b"])) for _, r in stats_df.iterrows()]
+    )
+    m = len(stats_df)
+    i = int(np.argmin(floors))
+    row = stats_df.iloc[i]
+    if row["test"] == "wilcoxon":
+        what = f"{int(row['n_a'])} paired seeds, a two-sided Wilcoxon signed-rank test"
+    else:
+        what = (
+            f"{int(row['n_a'])} and {int(row['n_b'])} unpaired seeds, a two-sided "
+            "Mann-Whitney U test"
+        )
+    floor, holm_floor = float(floors[i]), min(1.0, m * float(floors[i]))
+    text = f"With {what} cannot give a p-value below {floor:.3g}, whatever the data"
+    if m == 1:
+        text += " (one comparison: Holm correction leaves it as it is)."
+    else:
+        text += (
+            f"; after Holm correction over the {m} comparisons the smallest reachable "
+            f"adjusted p is {holm_floor:.3g}."
+        )
+    if not np.allclose(floors, floor):
+        text = "The comparisons here ran different numbers of seeds. " + text
+    if holm_floor < 0.05:
+        return text, False
+    need = next((n for n in range(2, 60) if m * smallest_p("wilcoxon", n) < 0.05), None)
+    text += (
+        " No comparison in this report can be significant at p < 0.05"
+        + (" even before correction" if floor >= 0.05 else " after correction")
+        + ", so the table below cannot show a difference between models."
+    )
+    if need is not None:
+        text += (
+            f" With {'one comparison' if m == 1 else f'{m} comparisons'}, at least {need} "
+            f"paired seeds are needed for {'a' if m == 1 else 'an adjusted'} p < 0.05 to be "
+            f"possible (the paper used {PAPER_SEEDS}; run with --seeds)."
+        )
+    return text, True
+
+
+def _cell(v: Any, float_fmt: str, wrap: bool = True) -> str:
+    """HTML text of one table cell."""
+    if isinstance(v, float | np.floating):
+        return html.escape(float_fmt.format(v))
+    s = html.escape(str(v))
+    # long names (model/init/embedding/mode, test_rmse_channel[0]) may wrap at / and _
+    return s.replace("/", "/<wbr>").replace("_", "_<wbr>") if wrap else s
+
+
+def _table_html(df: Any, float_fmt: str = "{:.4g}", css: str = "", wrap_first: bool = True) -> str:
+    from pandas.api.types import is_numeric_dtype
+
+    num = [is_numeric_dtype(df[c]) for c in df.columns]
+    td = ['<td class="num">' if n else "<td>" for n in num]
+    head = "".join(
+        f"{'<th class=num>' if n else '<th>'}{_cell(str(c), float_fmt)}</th>"
+        for c, n in zip(df.columns, num, strict=True)
+    )
+    body = [
+        "<tr>"
+        + "".join(
+            f"{t}{_cell(v, float_fmt, wrap_first or j > 0)}</td>"
+            for j, (t, v) in enumerate(zip(td, row, strict=True))
+        )
+        + "</tr>"
+        for row in df.itertuples(index=False)
+    ]
+    # tables wrap their long names to fit the page; one still too wide (one column per
+    # metric and channel) scrolls inside its own box, its first column staying in view
+    cls = f' class="{css}"' if css else ""
     return (
-        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f'<div class="table-wrap"><table{cls}><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
@@ -491,10 +949,13 @@ def _html(
     results: Any,
     stats_df: Any,
     figures: dict[str, Path],
-    best: dict[str, Any],
+    shown: dict[str, dict[str, Any]],
+    units: Sequence[str],
 ) -> Path:
     from . import __version__
 
+    distinct = list(dict.fromkeys(units))
+    unit = f" ({distinct[0]})" if len(distinct) == 1 else ""
     summary = (
         results.groupby(["model", "seq_len"])
         .agg(
@@ -505,50 +966,89 @@ def _html(
             train_time_s=("train_time_s", "mean"),
         )
         .reset_index()
+        .rename(
+            columns={
+                "n": "seeds",
+                "test_rmse": f"test RMSE{unit}",
+                "test_rmse_sem": "± SEM",
+                "test_r2": "test R²",
+                "train_time_s": "train time (s)",
+            }
+        )
     )
-    imgs = []
+    tr = shown["traces"]
+    seeds_run = sorted(int(n) for n in results.groupby(["model", "seq_len"]).size().unique())
+    n_seeds = str(seeds_run[0]) if len(seeds_run) == 1 else f"{seeds_run[0]}–{seeds_run[-1]}"
+    floor_text, hopeless = _p_floor(stats_df)
+    note_cls = "note warn" if hopeless else "note"
     captions = {
-        "rmse_bars": "Test RMSE per model and sequence length (mean ± SEM over seeds).",
-        "traces": "Predicted vs actual behaviour of the best run on the test block.",
-        "salience_map": "Salience of each ROI at its position (best run).",
+        "rmse_bars": "Test RMSE per model, init and sequence length, mean over channels"
+        f"{unit}; bars: mean ± SEM over seeds, dots: single seeds.",
+        "traces": f"Predicted vs actual behaviour on the test block: {tr['model']}, "
+        f"L = {tr['seq_len']}, its median seed ({tr['seed']}, rank {tr['rank']} of "
+        f"{tr['n']} by test RMSE), the other seeds faint.",
     }
+    if "salience_map" in shown:
+        sm = shown["salience_map"]
+        captions["salience_map"] = (
+            f"Salience of each ROI at its position, one panel per plane: {sm['model']}, "
+            f"L = {sm['seq_len']}, median seed {sm['seed']} (the decoder with gradients "
+            "with the lowest mean test RMSE)."
+        )
+    imgs = []
     for key, path in figures.items():
         b64 = base64.b64encode(path.read_bytes()).decode()
+        cap = html.escape(captions.get(key, key))
         imgs.append(
-            f'<figure><img alt="{html.escape(captions.get(key, key))}" '
-            f'src="data:image/png;base64,{b64}"><figcaption>'
-            f"{html.escape(captions.get(key, key))}</figcaption></figure>"
+            f'<figure><img alt="{cap}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{cap}</figcaption></figure>"
         )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>nwb-llmdecode comparison</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
-th {{ background: #f2f2f2; }} td:first-child, th:first-child {{ text-align: left; }}
-.table-wrap {{ overflow-x: auto; max-width: 100%; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
+  padding: 0 1em; }}
+table {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 0.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.45em; text-align: left;
+  vertical-align: top; }}
+th {{ background: #f2f2f2; }} th.num, td.num {{ text-align: right; }}
+td.num {{ white-space: nowrap; font-variant-numeric: tabular-nums; }}
+.table-wrap {{ overflow-x: auto; max-width: 100%; margin-bottom: 1.5em; }}
+table.runs {{ font-size: 0.78em; }}
+table.runs th:first-child, table.runs td:first-child {{ position: sticky; left: 0;
+  background: #fff; white-space: nowrap; }}
+table.runs th:first-child {{ background: #f2f2f2; }}
+.note {{ border-left: 4px solid #888; background: #f6f6f6; padding: 0.5em 0.8em; }}
+.warn {{ border-left-color: #c0392b; background: #fdf0ee; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; height: auto; }}
 figcaption {{ color: #555; font-size: 0.9em; }}
 code {{ background: #f6f6f6; padding: 0 0.2em; }}
+@media print {{ .table-wrap {{ overflow: visible; }} table {{ font-size: 0.7em; }} }}
 </style></head><body>
 <h1>Decoder comparison</h1>
 <p>Session <code>{html.escape(str(source))}</code>; {len(results)} runs;
 models {html.escape(", ".join(grid.models))}; sequence lengths
-{html.escape(", ".join(map(str, grid.seq_lens)))}; {grid.seeds} seed(s) each.
-Best run: <b>{html.escape(str(best["model"]))}</b>, L = {best["seq_len"]}, seed {best["seed"]}.
+{html.escape(", ".join(map(str, grid.seq_lens)))}; {n_seeds} seed(s) per setting.
+Lowest mean test RMSE over seeds: <b>{html.escape(tr["model"])}</b>, L = {tr["seq_len"]}
+({tr["n"]} seeds); the figures show its median seed ({tr["seed"]}), not its best one.
 Made with nwb-llmdecode {html.escape(__version__)}.</p>
 <h2>Summary (test block)</h2>
+<p class="{note_cls}" id="p-floor">{html.escape(floor_text)}</p>
 {_table_html(summary)}
 <h2>Figures</h2>
 {"".join(imgs)}
 <h2>Statistics across seeds</h2>
-<p>Wilcoxon signed-rank when both models ran the same seeds (paired), Mann-Whitney U
-otherwise; effect size = rank-biserial correlation (positive: model A has the larger RMSE);
-p-values Holm-corrected over the whole table.</p>
-{_table_html(stats_df)}
+<p>Test RMSE (mean over channels) compared between models at each sequence length:
+Wilcoxon signed-rank when both models ran the same seeds (paired), Mann-Whitney U
+otherwise, both two-sided; effect size = rank-biserial correlation (positive: model A has
+the larger RMSE); p-values Holm-corrected over the whole table.</p>
+{_table_html(stats_df, float_fmt="{:.3g}")}
 <h2>All runs</h2>
-{_table_html(results)}
+<p>One row per run, as in <code>results.csv</code>; {results.shape[1]} columns (every test
+metric per channel): the table scrolls sideways inside its box, the model column stays in
+view.</p>
+{_table_html(results, css="runs", wrap_first=False)}
 </body></html>
 """
     path = out / "report.html"
