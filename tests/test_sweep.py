@@ -233,3 +233,41 @@ def test_slurm_job_script_from_a_cluster_config(tmp_path):
         parse_scheduler("slurm", cluster_config=bad)
     with pytest.raises(ConfigError, match="only applies to --scheduler slurm"):
         parse_scheduler("local", cluster_config=cfg)
+
+
+def test_compare_on_processes_writes_the_same_results_as_serial(session, tmp_path):
+    from nwb_llmdecode.compare import CompareGrid, run_compare
+
+    grid = CompareGrid(models=("ridge", "lstm"), seq_lens=(6,), seeds=2)
+    base = FitConfig(epochs=2, lstm={"hidden": 8})
+    seen = []
+    tables = {}
+    for name in ("local", "processes:2"):
+        report = run_compare(
+            session.path,
+            grid=grid,
+            base=base,
+            report_dir=tmp_path / name.replace(":", "-"),
+            scheduler=name,
+            progress=lambda stage, done, total: seen.append((stage, done, total)),
+        )
+        tables[name] = (
+            read_rows(report.directory / "results.csv")
+            .drop(columns=["train_time_s"])
+            .sort_values(["model", "seed"])
+            .reset_index(drop=True)
+        )
+        assert sorted(p.name for p in (report.directory / "runs").glob("*.npz")) == [
+            "lstm_L6_seed0.npz",
+            "lstm_L6_seed1.npz",
+            "ridge_L6_seed0.npz",
+            "ridge_L6_seed1.npz",
+        ]
+    a, b = tables["local"], tables["processes:2"]
+    assert list(a.columns) == list(b.columns) and len(a) == 4
+    for col in a.columns:
+        if a[col].dtype.kind == "f":
+            np.testing.assert_allclose(a[col], b[col], rtol=1e-4, atol=1e-5, err_msg=col)
+        else:
+            assert a[col].tolist() == b[col].tolist(), col
+    assert ("compare runs", 4, 4) in seen

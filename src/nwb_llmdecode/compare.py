@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -43,7 +42,16 @@ from typing import Any
 import numpy as np
 
 from .config import FitConfig
-from .errors import ConfigError, OutputExistsError
+from .errors import ConfigError, DataError, OutputExistsError
+from .sweep import (
+    CsvSink,
+    SchedulerSpec,
+    fit_run,
+    parse_scheduler,
+    read_rows,
+    remember_session,
+    run_tasks,
+)
 
 __all__ = [
     "BASELINES",
@@ -303,6 +311,8 @@ def run_compare(
     resume: bool = False,
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    scheduler: str | SchedulerSpec | None = None,
+    cluster_config: str | os.PathLike[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CompareReport:
     """Run the grid on one session and write the report (see the module docstring).
@@ -310,17 +320,27 @@ def run_compare(
     Logs a warning when ``grid.seeds`` is below :data:`MIN_SEEDS`: the tests across seeds
     could not reach p < 0.05 whatever the data.
 
+    ``scheduler`` runs each (model, init, seq_len, seed) as one task: ``"local"``
+    (default, serial in this process), ``"processes:N"``, ``"tcp://HOST:PORT"`` or
+    ``"slurm"`` with ``cluster_config`` (see :mod:`nwb_llmdecode.sweep`). Workers read the
+    source themselves; rows reach ``results.csv`` as runs finish. Runs that fail for good
+    (a worker died too often, or the fit raised) are left out of the report and named in
+    the :class:`~nwb_llmdecode.errors.DataError` raised after it is written; ``--resume``
+    runs them again.
+
     Examples
     --------
     >>> grid = CompareGrid(models=("minilm", "ridge"), seq_lens=(10,), seeds=10)
     >>> run_compare("session.nwb", grid=grid, report_dir="report")  # doctest: +SKIP
     """
-    import pandas as pd
-
-    from .engine import fit_arrays
     from .io.read import channel_labels, read_session
-    from .io.sources import open_nwb
+    from .io.sources import is_remote, open_nwb
 
+    spec = (
+        scheduler
+        if isinstance(scheduler, SchedulerSpec)
+        else parse_scheduler(scheduler, cluster_config=cluster_config)
+    )
     base = base or FitConfig()
     out = Path(report_dir)
     csv_path = out / "results.csv"
@@ -340,39 +360,61 @@ def run_compare(
 
     with open_nwb(source, cache_dir=cache_dir) as src:
         ds = read_session(src, rois=rois, behavior=behavior)
-    x = np.asarray(ds["activity"].values, dtype=np.float32)
-    y = np.asarray(ds["behavior"].values, dtype=np.float32)
     labels = channel_labels(ds)
+    # workers open the source themselves, from wherever they were started
+    where = os.fspath(source) if is_remote(source) else str(Path(source).expanduser().resolve())
 
-    done = pd.read_csv(csv_path) if (resume and csv_path.exists()) else None
+    def task_of(run: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "source": where,
+            "rois": None
+            if rois is None
+            else json.dumps([rois] if isinstance(rois, str) else list(rois)),
+            "behavior": None
+            if behavior is None
+            else json.dumps([behavior] if isinstance(behavior, str) else list(behavior)),
+            "cache_dir": None if cache_dir is None else os.fspath(cache_dir),
+            "config": _config_for(base, run).to_json(),
+            "run": run,
+            "salience": None if run["backbone"] in _NO_GRADIENTS else "grad-x-input",
+            "threads": max(1, (os.cpu_count() or 1) // spec.workers)
+            if spec.kind == "processes"
+            else None,
+        }
+
+    done = read_rows(csv_path) if resume else None
     finished = set()
     if done is not None and len(done):
         finished = {tuple(str(r[k]) for k in _KEYS) for _, r in done.iterrows()}
     runs = grid.runs(base)
-    for i, run in enumerate(runs):
-        key = tuple(str(run[k]) for k in _KEYS)
-        if key in finished:
-            continue
-        if progress:
-            progress("compare runs", i, len(runs))
-        cfg = _config_for(base, run)
-        t0 = time.perf_counter()
-        result = fit_arrays(x, y, config=cfg)
-        row = dict(run, train_time_s=round(time.perf_counter() - t0, 3), device=str(result.device))
-        test = [m for m in result.metrics if m["split"] == "test"]
-        for m in test:
-            lab = labels[int(m["channel"])]
-            for k in ("rmse", "r2", "pearson"):
-                row[f"test_{k}_{lab}"] = float(m[k])
-        for k in ("rmse", "r2", "pearson"):
-            row[f"test_{k}_mean"] = float(np.mean([m[k] for m in test]))
-        # the run's file before its row: every row of results.csv has its predictions
-        _save_run(out, run, result, x)
-        pd.DataFrame([row]).to_csv(csv_path, mode="a", header=not csv_path.exists(), index=False)
-    if progress:
-        progress("compare runs", len(runs), len(runs))
+    todo = [r for r in runs if tuple(str(r[k]) for k in _KEYS) not in finished]
+    if todo:
+        remember_session(task_of(todo[0]), ds)  # a local sweep reads the session once
+    sink = CsvSink(csv_path)
 
-    results = pd.read_csv(csv_path)
+    def on_result(task: dict[str, Any], fitted: dict[str, Any]) -> None:
+        # the run's file before its row: every row of results.csv has its predictions
+        _save_run(out, task["run"], fitted)
+        sink.append(_row(task["run"], fitted, labels))
+
+    def runs_progress(stage: str, done_: int, total: int) -> None:
+        if progress:
+            progress("compare runs", len(runs) - len(todo) + done_, len(runs))
+
+    failures = run_tasks(
+        fit_run,
+        [task_of(r) for r in todo],
+        scheduler=spec,
+        on_result=on_result,
+        progress=runs_progress,
+    )
+
+    results = read_rows(csv_path)
+    if not len(results):
+        raise DataError(
+            f"{csv_path}: no run finished ({len(failures)} failed, first: "
+            f"{failures[0].error if failures else '-'}); nothing to report"
+        )
     stats_df = pairwise_stats(results)
     stats_df.to_csv(out / "stats.csv", index=False)
 
@@ -385,7 +427,7 @@ def run_compare(
                 run["seq_len"],
                 run["seed"],
             )
-            _save_run(out, run, fit_arrays(x, y, config=_config_for(base, run)), x)
+            _save_run(out, run, fit_run(task_of(run)))
             rec = _load_run(out, run)
             assert rec is not None
         return rec
@@ -411,7 +453,30 @@ def run_compare(
         shown={k: {kk: vv for kk, vv in v.items() if kk != "seeds"} for k, v in shown.items()},
     )
     report.html = _html(out, source, grid, results, stats_df, figures, shown, _units(ds))
+    if failures:
+        names = "; ".join(
+            f"{f.task['run']['model']} L={f.task['run']['seq_len']} seed "
+            f"{f.task['run']['seed']} ({f.error[:80]})"
+            for f in failures[:3]
+        )
+        raise DataError(
+            f"{len(failures)} of {len(runs)} runs failed and are not in {report.html}: "
+            f"{names}; run compare again with --resume to retry them"
+        )
     return report
+
+
+def _row(run: dict[str, Any], fitted: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """The ``results.csv`` row of a finished run: its settings and test metrics."""
+    row = dict(run, train_time_s=fitted["train_time_s"], device=fitted["device"])
+    test = [m for m in fitted["metrics"] if m["split"] == "test"]
+    for m in test:
+        lab = labels[int(m["channel"])]
+        for k in ("rmse", "r2", "pearson"):
+            row[f"test_{k}_{lab}"] = float(m[k])
+    for k in ("rmse", "r2", "pearson"):
+        row[f"test_{k}_mean"] = float(np.mean([m[k] for m in test]))
+    return row
 
 
 def _warn_few_seeds(seeds: int) -> None:
@@ -504,12 +569,9 @@ def _run_key(run: dict[str, Any]) -> np.ndarray:
     return np.array([str(run[k]) for k in _KEYS])
 
 
-def _save_run(out: Path, run: dict[str, Any], result: Any, x: np.ndarray) -> None:
+def _save_run(out: Path, run: dict[str, Any], fitted: dict[str, Any]) -> None:
     """Write a run's test-block predictions (and salience) atomically to ``runs/``."""
-    start, stop = next((s, e) for name, s, e in result.splits if name == "test")
-    sal = None
-    if run["backbone"] not in _NO_GRADIENTS:
-        sal = _salience_of(result, x, run)
+    sal = fitted.get("salience")
     path = _run_path(out, run)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -517,9 +579,9 @@ def _save_run(out: Path, run: dict[str, Any], result: Any, x: np.ndarray) -> Non
         np.savez(
             f,
             key=_run_key(run),
-            test_block=np.array([start, stop], dtype=np.int64),
-            predictions=np.asarray(result.predictions[start:stop], dtype=np.float32),
-            salience=np.zeros(0, np.float32) if sal is None else sal.astype(np.float32),
+            test_block=np.asarray(fitted["test_block"], dtype=np.int64),
+            predictions=np.asarray(fitted["test_predictions"], dtype=np.float32),
+            salience=np.zeros(0, np.float32) if sal is None else np.asarray(sal, np.float32),
         )
     os.replace(tmp, path)
 
@@ -542,27 +604,6 @@ def _load_run(out: Path, run: dict[str, Any]) -> dict[str, np.ndarray] | None:
     if not np.array_equal(rec["key"], _run_key(run)):
         return None
     return rec
-
-
-def _salience_of(result: Any, x: np.ndarray, run: dict[str, Any]) -> np.ndarray | None:
-    """Per-ROI grad x input salience of a run on its test block (None without gradients)."""
-    from .salience import compute_salience
-
-    model = result.model
-    if not hasattr(model, "parameters"):
-        return None
-    start, stop = next((s, e) for name, s, e in result.splits if name == "test")
-    xn = result.normalization.activity(x)
-    device = next(model.parameters()).device
-    sal = compute_salience(
-        model,
-        xn,
-        block=(start, stop),
-        seq_len=int(run["seq_len"]),
-        method="grad-x-input",
-        device=str(device),
-    )
-    return np.asarray(sal["salience"].values)
 
 
 # ----------------------------------------------------------------------------------------

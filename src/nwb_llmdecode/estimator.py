@@ -209,6 +209,16 @@ class Decoder:
         return self._as_prediction(fitted.predictions, self.session_)
 
     @property
+    def device_(self) -> str:
+        """Where the model runs (``"cpu"``, ``"cuda:0"``)."""
+        fitted = self._check_fitted()
+        device = getattr(fitted, "device", None)
+        if device is None:
+            params = getattr(fitted.model, "parameters", None)
+            device = next(params()).device if params is not None else "cpu"
+        return str(device)
+
+    @property
     def has_gradients(self) -> bool:
         """Whether salience can be computed (False for the closed-form baselines)."""
         import torch
@@ -404,7 +414,6 @@ class Decoder:
             method = method or "integrated-gradients"
         start, stop = self._block(ds, block)
         z = fitted.normalization.activity(_activity(ds))
-        device = str(getattr(fitted, "device", None) or next(fitted.model.parameters()).device)
         sal = compute_salience(
             fitted.model,
             z,
@@ -412,7 +421,7 @@ class Decoder:
             seq_len=fitted.config.seq_len,
             method=method,
             batch_size=fitted.config.batch_size,
-            device=device,
+            device=self.device_,
             progress=progress,
         )
         rank = np.empty(sal.sizes["roi"], dtype=np.int64)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import io
 import json
 import logging
@@ -48,6 +47,7 @@ __all__ = [
     "fit_run",
     "parse_scheduler",
     "read_rows",
+    "remember_session",
     "run_tasks",
 ]
 
@@ -186,58 +186,87 @@ def slurm_cluster(spec: SchedulerSpec) -> Any:
 # ----------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
-def _session(source: str, rois: str | None, behavior: str | None, cache_dir: str | None) -> Any:
-    """The session of a worker, read once per process (selections as JSON lists)."""
+_SESSIONS: dict[tuple[Any, ...], Any] = {}
+
+
+def _session_key(task: dict[str, Any]) -> tuple[Any, ...]:
+    return (str(task["source"]), task.get("rois"), task.get("behavior"), task.get("cache_dir"))
+
+
+def remember_session(task: dict[str, Any], ds: Any) -> None:
+    """Give this process the session of ``task`` (already read), so that a local sweep
+    does not read it again."""
+    _SESSIONS.clear()
+    _SESSIONS[_session_key(task)] = ds
+
+
+def _session(task: dict[str, Any]) -> Any:
+    """The session of a task, read once per worker process (selections as JSON lists)."""
     from .io.read import load_session
 
-    return load_session(
-        source,
-        rois=json.loads(rois) if rois else None,
-        behavior=json.loads(behavior) if behavior else None,
-        cache_dir=cache_dir,
-    )
+    key = _session_key(task)
+    if key not in _SESSIONS:
+        _SESSIONS.clear()  # one session at a time per worker
+        _SESSIONS[key] = load_session(
+            str(task["source"]),
+            rois=json.loads(task["rois"]) if task.get("rois") else None,
+            behavior=json.loads(task["behavior"]) if task.get("behavior") else None,
+            cache_dir=task.get("cache_dir"),
+        )
+    return _SESSIONS[key]
 
 
 def fit_run(task: dict[str, Any]) -> dict[str, Any]:
-    """Fit one configuration on one source; what a worker runs for one task.
+    """Fit one configuration on one source with a :class:`~nwb_llmdecode.Decoder`; what
+    a worker runs for one task.
 
     ``task`` holds ``source``, ``rois`` / ``behavior`` (JSON lists or ``None``),
     ``cache_dir``, ``config`` (the :class:`~nwb_llmdecode.config.FitConfig` as JSON),
-    ``run`` (the grid keys, returned as they are) and optionally ``threads`` (torch
-    threads for this run). Returns ``run``, the config JSON, ``device``, ``train_time_s``,
-    the metrics rows, the splits and the test-block predictions (original units).
+    ``run`` (the grid keys, returned as they are), optionally ``salience`` (a method, for
+    decoders with gradients) and ``threads`` (torch threads for this run). Returns
+    ``run``, ``device``, ``train_time_s``, ``metrics`` rows (``channel``, ``split``,
+    ``rmse``, ``r2``, ``pearson``, ``n_frames``), ``test_block`` and the test block's
+    ``test_predictions`` (original units) and per-ROI ``salience`` (or ``None``).
     """
     import time
 
     import numpy as np
 
     from .config import FitConfig
-    from .engine import fit_arrays
+    from .estimator import Decoder
 
     if task.get("threads"):
         import torch
 
         torch.set_num_threads(int(task["threads"]))
-    ds = _session(
-        str(task["source"]), task.get("rois"), task.get("behavior"), task.get("cache_dir")
-    )
-    config = FitConfig.from_json(task["config"])
+    ds = _session(task)
     t0 = time.perf_counter()
-    result = fit_arrays(
-        np.asarray(ds["activity"].values, dtype=np.float32),
-        np.asarray(ds["behavior"].values, dtype=np.float32),
-        config=config,
-    )
-    start, stop = next((s, e) for name, s, e in result.splits if name == "test")
+    dec = Decoder(FitConfig.from_json(task["config"])).fit(ds)
+    train_time = time.perf_counter() - t0
+    splits = dec.splits_
+    start, stop = (int(splits[k].sel(split="test")) for k in ("start", "stop"))
+    salience = None
+    if task.get("salience") and dec.has_gradients:
+        sal = dec.explain(method=task["salience"])
+        salience = np.asarray(sal["salience"].values, dtype=np.float32)
+    score = dec.score()
+    metrics = [
+        {
+            "channel": c,
+            "split": str(split),
+            **{m: score[m].values[i, c].item() for m in ("rmse", "r2", "pearson", "n_frames")},
+        }
+        for c in range(score.sizes["channel"])
+        for i, split in enumerate(score["split"].values)
+    ]
     return {
         "run": dict(task["run"]),
-        "config": task["config"],
-        "device": str(result.device),
-        "train_time_s": round(time.perf_counter() - t0, 3),
-        "metrics": list(result.metrics),
-        "splits": [list(s) for s in result.splits],
-        "test_predictions": np.asarray(result.predictions[start:stop], dtype=np.float32),
+        "device": str(dec.device_),
+        "train_time_s": round(train_time, 3),
+        "metrics": metrics,
+        "test_block": [start, stop],
+        "test_predictions": dec.predictions_.values[start:stop].astype(np.float32),
+        "salience": salience,
     }
 
 
