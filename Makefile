@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := xvfb xauth libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
   libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
-  libxcb-cursor0 libdbus-1-3 libfontconfig1 libgl1 libegl1 libglib2.0-0 chromium
+  libxcb-cursor0 libdbus-1-3 libfontconfig1 libgl1 libegl1 libglib2.0-0 chromium \
+  slurm-wlm munge
 DEMO_DIR ?= build/demo
 PYTEST_ARGS ?=
 
@@ -17,8 +18,9 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-# Qt's xcb platform and Xvfb for napari, and headless Chromium (tests open the `compare`
-# report.html in it); installed only when missing and we are root.
+# Qt's xcb platform and Xvfb for napari, headless Chromium (tests open the `compare`
+# report.html in it), and Slurm with munge (a single-node cluster runs `compare
+# --scheduler slurm` in the tests); installed only when missing and we are root.
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -271,3 +271,36 @@ def test_compare_on_processes_writes_the_same_results_as_serial(session, tmp_pat
         else:
             assert a[col].tolist() == b[col].tolist(), col
     assert ("compare runs", 4, 4) in seen
+
+
+def test_compare_on_a_real_slurm_cluster(session, tmp_path, monkeypatch):
+    """compare --scheduler slurm: dask-jobqueue submits worker jobs to a real single-node
+    Slurm (munge, slurmctld, slurmd started here), the runs come back as with local."""
+    pytest.importorskip("dask_jobqueue")
+    import slurm_cluster
+
+    if slurm_cluster.missing():
+        pytest.skip(f"Slurm is not installed here (missing {slurm_cluster.missing()})")
+    from nwb_llmdecode.compare import CompareGrid, run_compare
+
+    logs = tmp_path / "slurm-logs"
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(
+        "slurm:\n  queue: debug\n  cores: 1\n  memory: 2GB\n  walltime: '00:10:00'\n"
+        f"  jobs: 2\n  log_directory: {logs}\n  interface: lo\n"
+    )
+    grid = CompareGrid(models=("ridge",), seq_lens=(6, 8), seeds=1)
+    with slurm_cluster.slurm_cluster(tmp_path / "slurm") as env:
+        monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])
+        report = run_compare(
+            session.path,
+            grid=grid,
+            report_dir=tmp_path / "on-slurm",
+            scheduler="slurm",
+            cluster_config=cfg,
+        )
+    local = run_compare(session.path, grid=grid, report_dir=tmp_path / "local")
+    a = read_rows(report.directory / "results.csv").sort_values("seq_len")
+    b = read_rows(local.directory / "results.csv").sort_values("seq_len")
+    np.testing.assert_allclose(a["test_r2_mean"], b["test_r2_mean"], rtol=1e-6)
+    assert list(logs.glob("*.err")), "no Slurm job ran a worker"

@@ -83,6 +83,7 @@ _SLURM_KEYS = {
     "log_directory",
     "python",
     "interface",
+    "scheduler_options",
     "worker_extra_args",
     "job_directives_skip",
     "name",
