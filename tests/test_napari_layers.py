@@ -23,8 +23,10 @@ from napari_llmdecode._layers import (
     _CHAR_WIDTH,
     OUTLINE_COLOUR,
     SALIENCE_COLORMAP,
+    TEXT_POINTS,
     colour_update,
     contrast_limits,
+    nominal_pixel,
     paint,
     read_source,
     roi_edges,
@@ -32,7 +34,6 @@ from napari_llmdecode._layers import (
     roi_world_position,
     salient_rois,
     session_layers,
-    text_size,
     top_rows,
     trace_data,
 )
@@ -253,7 +254,7 @@ def test_results_layers_colour_rois_by_salience(files: PlantedFiles) -> None:
     kinds = [(t[2], t[1]["name"]) for t in layers]
     assert kinds[-4:] == [
         ("labels", "planted_desc-llmdecode: ROIs (outlines)"),
-        ("image", "grad-x-input salience (a.u.), mean over outputs"),
+        ("image", "grad-x-input salience (a.u.)"),
         ("labels", "planted_desc-llmdecode: salient ROIs"),
         ("points", "planted_desc-llmdecode: salience ranks"),
     ]
@@ -294,9 +295,11 @@ def test_results_layers_colour_rois_by_salience(files: PlantedFiles) -> None:
     assert feats["roi"][white].tolist() == order.tolist()
     assert [t.split()[0] for t in feats["label"][white]] == [f"#{i + 1}" for i in range(5)]
     assert feats["label"][white][0] == f"#1 {sset.salience[order[0]]:.3g}"
-    assert ranks[1]["text"]["scaling"] and ranks[1]["text"]["color"] == {"feature": "text_colour"}
+    # fixed size on screen, laid out for a field of view about 800 pixels wide
+    assert ranks[1]["text"]["size"] == TEXT_POINTS and not ranks[1]["text"].get("scaling")
+    assert ranks[1]["text"]["color"] == {"feature": "text_colour"}
     pos = ranks[0][white][:, 1:] * np.asarray(data.scale[1:])
-    size = text_size(data)
+    size = TEXT_POINTS * nominal_pixel(data)
     h = _CHAR_HEIGHT * size
     for i in range(len(pos)):
         for j in range(i):

@@ -7,6 +7,7 @@ rows and canvas positions are clicked with real Qt mouse events.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_open_results_through_the_manifest(make_napari_viewer, files: PlantedFil
         ("Image", "planted_desc-llmdecode: mean image"),
         ("Image", "planted_desc-llmdecode: correlation image"),
         ("Labels", "planted_desc-llmdecode: ROIs (outlines)"),
-        ("Image", "grad-x-input salience (a.u.), mean over outputs"),
+        ("Image", "grad-x-input salience (a.u.)"),
         ("Labels", "planted_desc-llmdecode: salient ROIs"),
         ("Points", "planted_desc-llmdecode: salience ranks"),
     ]
@@ -308,7 +309,7 @@ def test_explorer_switches_method_channel_and_frame(
     top10 = np.argsort(-corr.salience, kind="stable")[:10]
     assert ranks.features["roi"][white].tolist() == top10.tolist()
     # (napari numbers equal layer names: the other file's layer has this title too)
-    assert sal.name.startswith("abs-correlation salience (a.u.), mean over outputs")
+    assert re.fullmatch(r"abs-correlation salience \(a\.u\.\)( \[\d+\])?", sal.name)
     assert w.table_rois()[:5] == np.argsort(-corr.salience, kind="stable")[:5].tolist()
     # one output channel
     w.channel_box.setCurrentText("tail_angles[1]")
@@ -384,6 +385,47 @@ def test_explorer_follows_a_newly_opened_results_file(
     assert _layer(viewer, "salience", second).name_overlay.visible
     assert not _layer(viewer, "salience", first).colorbar.visible
     assert not _layer(viewer, "salience", first).name_overlay.visible
+
+
+def test_rank_labels_follow_the_zoom_and_roi_outlines_leave_3d(
+    make_napari_viewer, qtbot, files: PlantedFiles
+) -> None:
+    from napari_llmdecode._layers import rank_labels
+
+    viewer = make_napari_viewer(show=True)
+    _open(viewer, files.results)
+    ranks, labels = _layer(viewer, "ranks"), _layer(viewer, "labels")
+    data = ranks.metadata["llmdecode"]["data"]
+    values = data.results.salience[0].values()
+    viewer.reset_view()
+    qtbot.wait(50)
+    viewer.screenshot(canvas_only=True, flash=False)  # draws: the layer learns its zoom
+    before = np.array(ranks.data)
+    np.testing.assert_allclose(before, rank_labels(data, values, pixel=ranks.scale_factor)[0])
+    # zoomed in 4x: the text keeps its size on screen, so labels sit closer to their ROIs
+    # (in world units) and the halo is one screen pixel off again
+    cam = _camera(viewer)
+    cam.zoom = cam.zoom * 4
+    viewer.screenshot(canvas_only=True, flash=False)
+    qtbot.waitUntil(lambda: not np.allclose(np.array(ranks.data), before), timeout=2000)
+    np.testing.assert_allclose(
+        ranks.data, rank_labels(data, values, pixel=ranks.scale_factor)[0], rtol=1e-6
+    )
+    white = ranks.features["text_colour"] == "white"
+    n = int(white.sum())
+    halo = np.array(ranks.data)[~white][::n]  # the first label's eight halo copies
+    spread = np.ptp(halo[:, 1:], axis=0) * np.asarray(data.scale[1:]) / ranks.scale_factor
+    np.testing.assert_allclose(spread, [2.4, 2.4], rtol=1e-3)  # +-1.2 screen pixels
+    # 3D: the outlines of every ROI of every plane would pile up, so they step aside
+    assert labels.visible
+    viewer.dims.ndisplay = 3
+    assert not labels.visible and _layer(viewer, "outlines").visible
+    viewer.dims.ndisplay = 2
+    assert labels.visible
+    labels.visible = False  # the user's choice is kept
+    viewer.dims.ndisplay = 3
+    viewer.dims.ndisplay = 2
+    assert not labels.visible
 
 
 def test_main_view_screenshot_is_not_blank(make_napari_viewer, qtbot, files: PlantedFiles) -> None:

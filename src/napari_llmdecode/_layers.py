@@ -38,6 +38,7 @@ __all__ = [
     "contrast_limits",
     "labels_layer",
     "layer_role",
+    "nominal_pixel",
     "outline_layer",
     "outline_thickness",
     "outline_volume",
@@ -54,7 +55,6 @@ __all__ = [
     "salient_rois",
     "session_layers",
     "short_name",
-    "text_size",
     "top_rows",
     "trace_data",
 ]
@@ -869,11 +869,15 @@ _CHAR_WIDTH = 0.85
 _CHAR_HEIGHT = 1.9
 
 
-def text_size(data: SessionData) -> float:
-    """World size of the rank labels: 1/75 of the field of view, so that they read when
-    the whole field is in view (they scale with the zoom, like the ROIs they name)."""
+#: Font size of the rank labels (points; fixed on screen, whatever the zoom).
+TEXT_POINTS = 10.0
+
+
+def nominal_pixel(data: SessionData) -> float:
+    """World units per screen pixel when the whole field of view fills about 800 pixels:
+    the rank labels' layout before napari has drawn them (then they follow the zoom)."""
     extent = np.asarray(data.labels.shape[1:], dtype=float) * np.asarray(data.scale[1:])
-    return float(max(extent.max() / 75.0, 1e-6))
+    return float(max(extent.max() / 800.0, 1e-9))
 
 
 def _place_labels(
@@ -920,14 +924,19 @@ def _place_labels(
     return out
 
 
-def rank_labels(data: SessionData, values: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def rank_labels(
+    data: SessionData, values: np.ndarray, *, pixel: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Points and features of the rank labels (``#rank value``) of the ten most salient
     ROIs, in white over a dark halo so that they read on any colour.
 
-    Each label's point is the centre of its text, placed beside its ROI where it covers
-    no other label (see :func:`_place_labels`). The halo is eight dark copies
-    shifted by a fraction of the text size, drawn before the white copy. Returns
-    ``(coords, features)``; features ``roi``, ``label`` and ``text_colour``.
+    The text has a fixed size on screen (:data:`TEXT_POINTS`), so the layout depends on
+    the zoom: ``pixel`` is the size of a screen pixel in world units (napari's
+    ``layer.scale_factor``; :func:`nominal_pixel` when not given). Each label's point is
+    the centre of its text, placed beside its ROI where it covers no other label (see
+    :func:`_place_labels`). The halo is eight dark copies one pixel off, drawn before
+    the white copy. Returns ``(coords, features)``; features ``roi``, ``label`` and
+    ``text_colour``.
 
     Examples
     --------
@@ -949,7 +958,8 @@ def rank_labels(data: SessionData, values: np.ndarray) -> tuple[np.ndarray, dict
         none = np.zeros(0, dtype=object)
         return np.zeros((0, 3)), {"roi": np.zeros(0, np.int64), "label": none, "text_colour": none}
     scale = np.asarray(data.scale, dtype=float)
-    size = text_size(data)
+    px = float(pixel) if pixel and np.isfinite(pixel) and pixel > 0 else nominal_pixel(data)
+    size = TEXT_POINTS * px  # the text size in world units at this zoom
     world = data.centroids[rois] * scale
     widths = np.array([_CHAR_WIDTH * size * len(t) for t in strings])
     bounds = np.array([0.0, data.labels.shape[1] * scale[1], 0.0, data.labels.shape[2] * scale[2]])
@@ -958,7 +968,7 @@ def rank_labels(data: SessionData, values: np.ndarray) -> tuple[np.ndarray, dict
     corners = _place_labels(world[:, 1:], widths, height, radius, bounds)
     centres = corners + np.column_stack([np.full(len(rois), -height / 2), widths / 2])
     base = np.column_stack([data.centroids[rois, 0], centres / scale[1:]])
-    step = 0.11 * size / scale[1:]
+    step = 1.2 * px / scale[1:]
     halo = [base + np.r_[0.0, d * step] for d in _HALO]
     coords = np.concatenate([*halo, base])
     feats = {
@@ -972,18 +982,23 @@ def rank_labels(data: SessionData, values: np.ndarray) -> tuple[np.ndarray, dict
 
 
 def colour_update(
-    data: SessionData, values: np.ndarray, *, limits: tuple[float, float] | None = None
+    data: SessionData,
+    values: np.ndarray,
+    *,
+    limits: tuple[float, float] | None = None,
+    pixel: float | None = None,
 ) -> dict[str, Any]:
     """Everything that changes when the colouring changes, computed at once.
 
     Returns a dict with ``volume`` (salience painted into the labels), ``contrast_limits``,
     ``rois`` (the salient ROIs, see :func:`salient_rois`), ``outlines`` (the outline
     volume of those ROIs) with ``outline_features``, and for the rank labels ``points``
-    and ``features`` (see :func:`rank_labels`). The Qt side only assigns them.
+    and ``features`` (see :func:`rank_labels`, laid out for ``pixel``). The Qt side only
+    assigns them.
     """
     lim = limits or contrast_limits(values)
     rois = salient_rois(data, values, lim[1])
-    coords, feats = rank_labels(data, values)
+    coords, feats = rank_labels(data, values, pixel=pixel)
     return {
         "volume": paint(data.labels, values),
         "contrast_limits": lim,
@@ -1071,22 +1086,25 @@ def labels_layer(data: SessionData, *, salience: np.ndarray | None = None) -> La
 
 def salience_title(sset: SalienceSet, what: str = ALL_OUTPUTS, *, frame: int | None = None) -> str:
     """Name of the salience layer, shown as the title of its colourbar: the method, the
-    unit, and what is coloured (all outputs, one channel, or one frame, whose colour
-    scale is fixed over all frames). Short, to fit above the colourbar, so without the
-    file name (the explorer shows one file's salience at a time).
+    unit, and what is coloured (nothing more for the mean over outputs; one channel; or
+    one frame, whose colour scale is fixed over all frames). Short, to fit beside the
+    colourbar, so without the file name (the explorer shows one file's salience at a
+    time).
 
     Examples
     --------
     >>> s = SalienceSet("ig", "f", np.zeros(1), np.zeros((1, 1)), np.zeros(1))
     >>> salience_title(s)
-    'ig salience (a.u.), mean over outputs'
+    'ig salience (a.u.)'
+    >>> salience_title(s, "tail[1]")
+    'ig salience (a.u.), tail[1]'
     >>> salience_title(s, frame=3)
     'ig salience (a.u.), frame 3, one scale for all frames'
     """
     head = f"{sset.method} salience ({sset.unit})"
     if frame is not None:
         return f"{head}, frame {frame}, one scale for all frames"
-    return f"{head}, {what}"
+    return head if what == ALL_OUTPUTS else f"{head}, {what}"
 
 
 def salience_image_layer(
@@ -1137,7 +1155,8 @@ def rank_layer(
     data: SessionData, sset: SalienceSet, values: np.ndarray | None = None
 ) -> LayerDataTuple:
     """Rank and value of the ten most salient ROIs, white on a dark halo (readable on any
-    colour); hide it with the layer's eye or the explorer's *rank labels* box."""
+    colour), fixed size on screen; hide it with the layer's eye or the explorer's *rank
+    labels* box. :func:`napari_llmdecode._viewer.follow_zoom` lays it out again on zoom."""
     v = sset.values() if values is None else values
     coords, feats = rank_labels(data, v)
     return (
@@ -1151,11 +1170,11 @@ def rank_layer(
             "text": {
                 "string": "{label}",
                 "color": {"feature": "text_colour"},
-                "size": text_size(data),
-                "scaling": True,
+                "size": TEXT_POINTS,
                 "anchor": "center",
             },
-            "metadata": _meta(data, "ranks", method=sset.method),
+            # the values, to lay the labels out again when the zoom changes
+            "metadata": _meta(data, "ranks", method=sset.method, values=v),
             **_geo(data),
         },
         "points",

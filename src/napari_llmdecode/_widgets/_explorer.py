@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from .._layers import (
     ALL_OUTPUTS,
+    META_KEY,
     SalienceSet,
     SessionData,
     colour_update,
@@ -44,7 +45,7 @@ from .._layers import (
     top_rows,
     trace_data,
 )
-from .._viewer import show_colourbar
+from .._viewer import follow_zoom, relayout_ranks, show_colourbar
 
 if TYPE_CHECKING:
     import napari
@@ -573,9 +574,9 @@ class SalienceExplorer(QWidget):
             outlines.features = upd["outline_features"]
         ranks = self._layer("ranks")
         if ranks is not None:
-            ranks.data = upd["points"]
-            ranks.features = upd["features"]
-            ranks.refresh_text()
+            ranks.metadata[META_KEY]["values"] = values
+            follow_zoom(ranks)  # (set up when the file opened; once)
+            relayout_ranks(ranks)
         self._update_frame_label()
 
     def _on_ranks_toggled(self, on: bool) -> None:
