@@ -44,10 +44,13 @@ REFERENCES = ROOT / "tests" / "data"
 ZEBRAFISH = ROOT.parent / "shared" / "data" / "zebrafish_legare2025_fish6"
 #: Canvas size of the screenshots (pixels); references are stored at half this size.
 CANVAS = (440, 440)
-#: Comparison: mean absolute difference over 8 x 8 blocks (0-255) ...
-MAX_MEAN_DIFF = 4.0
-#: ... and the fraction of blocks that differ by more than 40 in some colour channel.
-MAX_CHANGED_BLOCKS = 0.02
+#: Comparison over 8 x 8 pixel blocks: the mean absolute difference (0-255) ...
+MAX_MEAN_DIFF = 1.5
+#: ... and the fraction of blocks whose mean differs by more than BLOCK_CHANGE in some
+#: colour channel. Repeated runs here differ by < 0.1 on average and in no block by 5;
+#: dropping the salient-ROI outlines of the zebrafish view changes 0.8 % of its blocks.
+BLOCK_CHANGE = 25.0
+MAX_CHANGED_BLOCKS = 0.0025
 
 
 def _reduce(img: np.ndarray, k: int) -> np.ndarray:
@@ -65,7 +68,7 @@ def image_difference(shot: np.ndarray, reference: np.ndarray) -> tuple[float, fl
     if a.shape != b.shape:
         return float("inf"), 1.0
     diff = np.abs(a - b)
-    return float(diff.mean()), float((diff.max(axis=-1) > 40).mean())
+    return float(diff.mean()), float((diff.max(axis=-1) > BLOCK_CHANGE).mean())
 
 
 def compare_with_reference(shot: np.ndarray, name: str, tmp_path: Path) -> None:
