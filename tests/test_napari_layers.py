@@ -503,3 +503,19 @@ def test_library_and_reader_import_and_read_without_qt(files: PlantedFiles) -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["6 ['image', 'labels', 'points']", "qt blocked"]
+
+
+def test_viewer_axes_are_named_where_napari_left_numbers() -> None:
+    from types import SimpleNamespace
+
+    from napari_llmdecode._viewer import name_axes
+
+    viewer = SimpleNamespace(dims=SimpleNamespace(axis_labels=("-3", "-2", "-1")))
+    name_axes(viewer, ("plane", "y", "x"))
+    assert viewer.dims.axis_labels == ("plane", "y", "x")
+    viewer.dims.axis_labels = ("0", "1", "2", "3")  # a 4D viewer: the last three
+    name_axes(viewer, ("plane", "y", "x"))
+    assert viewer.dims.axis_labels == ("0", "plane", "y", "x")
+    viewer.dims.axis_labels = ("depth", "row", "col")  # named by the user: kept
+    name_axes(viewer, ("plane", "y", "x"))
+    assert viewer.dims.axis_labels == ("depth", "row", "col")

@@ -17,7 +17,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["follow_zoom", "hide_in_3d", "show_colourbar", "show_on_insert"]
+__all__ = [
+    "follow_zoom",
+    "hide_colourbar",
+    "hide_in_3d",
+    "name_axes",
+    "relayout_ranks",
+    "set_up",
+    "show_colourbar",
+    "show_on_insert",
+]
 
 #: Metadata flags (in our ``metadata["llmdecode"]``) of what has been set up on a layer.
 _FOLLOWING = "follows_zoom"
@@ -32,6 +41,14 @@ def show_colourbar(layer: Any) -> None:
         title.position = layer.colorbar.position
         title.font_size = 9
         title.visible = True
+
+
+def hide_colourbar(layer: Any) -> None:
+    """Hide a salience layer's colourbar and its title."""
+    layer.colorbar.visible = False
+    title = getattr(layer, "name_overlay", None)
+    if title is not None:
+        title.visible = False
 
 
 def relayout_ranks(layer: Any) -> None:
@@ -90,12 +107,27 @@ def hide_in_3d(viewer: Any, layer: Any) -> None:
         on_ndisplay()
 
 
+def name_axes(viewer: Any, labels: tuple[str, ...]) -> None:
+    """Name the viewer's last axes after our layers' (``plane``, ``y``, ``x``) where they
+    still have napari's numbered defaults: napari >= 0.9 does this itself from the
+    layers' ``axis_labels``, older versions show "-3" under the plane slider."""
+    current = tuple(str(a) for a in viewer.dims.axis_labels)
+    n = len(labels)
+    if len(current) < n or current[-n:] == tuple(labels):
+        return
+    if all(a.lstrip("-").isdigit() for a in current[-n:]):
+        viewer.dims.axis_labels = (*current[:-n], *labels)
+
+
 def set_up(viewer: Any, layer: Any) -> None:
     """Everything above that applies to one of our layers, by its role."""
     from ._layers import layer_role
 
     role, data = layer_role(getattr(layer, "metadata", {}))
-    if data is None or data.results is None or not data.results.salience:
+    if data is None:
+        return
+    name_axes(viewer, data.axis_labels)
+    if data.results is None or not data.results.salience:
         return
     if role == "salience":
         show_colourbar(layer)

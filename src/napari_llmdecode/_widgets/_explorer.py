@@ -45,7 +45,7 @@ from .._layers import (
     top_rows,
     trace_data,
 )
-from .._viewer import follow_zoom, relayout_ranks, show_colourbar
+from .._viewer import follow_zoom, hide_colourbar, relayout_ranks, show_colourbar
 
 if TYPE_CHECKING:
     import napari
@@ -469,8 +469,7 @@ class SalienceExplorer(QWidget):
                 if d is data:
                     show_colourbar(layer)
                 else:
-                    layer.colorbar.visible = False
-                    layer.name_overlay.visible = False
+                    hide_colourbar(layer)
         self.plot._message("Click a ROI in the table or on the canvas")
         self._metrics_line()
 
