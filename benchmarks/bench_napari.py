@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             f"median of {len(select)}",
         )
     )
+    overlay_rows = _overlay_costs(viewer, w, draw, args.repeat)
     if args.screenshot:
         w.select_roi(w.table_rois()[0])
         viewer.reset_view()
@@ -205,7 +206,42 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---|")
     for name, sec, note in rows:
         print(f"| {name} | {sec:.3f} | {note} |")
+    print("\nRecolour and draw, by what is updated (interleaved in one run):\n")
+    print("| updated | seconds | |")
+    print("|---|---:|---|")
+    for name, sec, note in overlay_rows:
+        print(f"| {name} | {sec:.3f} | {note} |")
     return 0
+
+
+def _overlay_costs(viewer: Any, w: Any, draw: Any, repeat: int) -> list[tuple[str, float, str]]:
+    """What each overlay adds to a recolouring: the salience image alone, with the
+    salient-ROI outlines, with the rank labels, with both; the four interleaved, so that
+    other load on the machine hits them alike."""
+    from napari_llmdecode._layers import META_KEY, colour_update
+    from napari_llmdecode._viewer import relayout_ranks
+
+    data, sset = w.data, w.current_set
+    sal, outl, ranks = w._layer("salience"), w._layer("outlines"), w._layer("ranks")
+    modes = ["salience image only", "+ salient-ROI outlines", "+ rank labels", "all three"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    n_ch = len(data.results.channels)
+    for i in range(4 * 3 * repeat):
+        mode = modes[i % 4]
+        values = sset.values(i % n_ch)
+        t = time.perf_counter()
+        upd = colour_update(data, values)
+        sal.data = upd["volume"]
+        sal.contrast_limits = upd["contrast_limits"]
+        if mode in (modes[1], modes[3]):
+            outl.data = upd["outlines"]
+            outl.features = upd["outline_features"]
+        if mode in (modes[2], modes[3]):
+            ranks.metadata[META_KEY]["values"] = values
+            relayout_ranks(ranks)
+        draw(viewer)
+        times[mode].append(time.perf_counter() - t)
+    return [(m, _median(x), f"median of {len(x)}, drawn") for m, x in times.items()]
 
 
 if __name__ == "__main__":

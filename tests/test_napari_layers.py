@@ -19,13 +19,20 @@ import pytest
 
 from napari_data import PlantedFiles, make_planted_files
 from napari_llmdecode._layers import (
+    _CHAR_HEIGHT,
+    _CHAR_WIDTH,
+    OUTLINE_COLOUR,
     SALIENCE_COLORMAP,
+    TEXT_POINTS,
     colour_update,
     contrast_limits,
+    nominal_pixel,
     paint,
     read_source,
+    roi_edges,
     roi_on_ray,
     roi_world_position,
+    salient_rois,
     session_layers,
     top_rows,
     trace_data,
@@ -100,8 +107,8 @@ def test_reader_reads_a_dandi_asset_like_the_local_file(files: PlantedFiles, mon
         assert reader is not None
         remote = reader(source)
     local = session_layers(read_source(files.results))
-    assert [t[1]["name"].split(": ", 1)[1] for t in remote] == [
-        t[1]["name"].split(": ", 1)[1] for t in local
+    assert [t[1]["name"].split(": ", 1)[-1] for t in remote] == [
+        t[1]["name"].split(": ", 1)[-1] for t in local
     ]
     for (rd, rmeta, rtype), (ld, _, ltype) in zip(remote, local, strict=True):
         assert rtype == ltype
@@ -159,6 +166,9 @@ def test_labels_images_and_geometry_of_a_session(files: PlantedFiles) -> None:
         assert data_.shape == data.labels.shape
     feats = layers[2][1]["features"]
     assert feats["index"][5] == 5 and feats["roi"][5] == 4
+    # the viewer's axes are named, and a session shows its ROIs filled
+    assert {t[1]["axis_labels"] for t in layers} == {("plane", "y", "x")}
+    assert layers[2][1].get("visible", True) and layers[2][0] is data.labels
 
 
 def test_scale_follows_the_imaging_planes(files: PlantedFiles, tmp_path: Path) -> None:
@@ -242,13 +252,17 @@ def test_results_layers_colour_rois_by_salience(files: PlantedFiles) -> None:
     sset = data.results.salience[0]
     layers = session_layers(data)
     kinds = [(t[2], t[1]["name"]) for t in layers]
-    assert kinds[-3:] == [
-        ("labels", "planted_desc-llmdecode: ROIs"),
-        ("image", "planted_desc-llmdecode: salience (grad-x-input)"),
-        ("points", "planted_desc-llmdecode: salient ROIs"),
+    assert kinds[-4:] == [
+        ("labels", "planted_desc-llmdecode: ROIs (outlines)"),
+        ("image", "grad-x-input salience (a.u.)"),
+        ("labels", "planted_desc-llmdecode: salient ROIs"),
+        ("points", "planted_desc-llmdecode: salience ranks"),
     ]
-    labels, sal, pts = layers[-3], layers[-2], layers[-1]
-    assert labels[1]["visible"] is False  # the salience image shows the ROIs
+    labels, sal, outl, ranks = layers[-4:]
+    # every ROI is shown (by its outline, so the salience fill stays visible)
+    assert labels[1].get("visible", True)
+    np.testing.assert_array_equal(labels[0], data.edges)
+    assert set(np.unique(labels[0])) == set(np.unique(data.labels))
     vol = sal[0]
     assert vol.dtype == np.float32 and vol.shape == data.labels.shape
     assert np.isnan(vol[data.labels == 0]).all()  # transparent outside ROIs
@@ -256,21 +270,98 @@ def test_results_layers_colour_rois_by_salience(files: PlantedFiles) -> None:
     np.testing.assert_array_equal(vol[inside], sset.salience[data.labels[inside] - 1])
     assert sal[1]["colormap"] is SALIENCE_COLORMAP
     assert sal[1]["contrast_limits"] == (0.0, pytest.approx(float(sset.salience.max())))
-    # centroid points: sized by salience, the top ten labelled with rank and value
-    feats = pts[1]["features"]
-    np.testing.assert_allclose(pts[0], data.centroids[feats["roi"]])
-    order = np.argsort(-feats["salience"])
-    assert np.all(np.diff(pts[1]["size"][order]) <= 1e-9)
-    vmax = float(sset.salience.max())
-    np.testing.assert_allclose(
-        pts[1]["size"],
-        (2 + 1.2 * np.sqrt(feats["salience"] / vmax)) * data.roi_diameter,
-        rtol=1e-5,
-    )
-    assert 2 <= data.roi_diameter <= 8  # synthetic ROIs have radii of 2-4 px
-    best = int(feats["roi"][order[0]])
-    assert feats["label"][order[0]] == f"#1 {sset.salience[best]:.3g}"
-    assert sum(bool(t) for t in feats["label"]) == len(files.truth.driver_rois)
+    # the salient ROIs (the planted drivers) are outlined by their own mask's edge, in one
+    # colour; no other ROI has an outline there
+    drivers = np.sort(files.truth.driver_rois)
+    np.testing.assert_array_equal(salient_rois(data, sset.salience, sset.salience.max()), drivers)
+    out = outl[0]
+    assert set(np.unique(out)) - {0} == set((drivers + 1).tolist())
+    assert outl[1]["colormap"] == {None: OUTLINE_COLOUR, 0: "transparent"}
+    for k in drivers:
+        mask = data.labels == k + 1
+        ring = out == k + 1
+        assert ring.any() and np.all(mask[ring])  # inside the ROI's own mask ...
+        assert ring.sum() < mask.sum()  # ... only its edge
+        # an outline is no wider than the ROI itself: a ring around its centroid
+        _, yy, xx = np.nonzero(ring)
+        r = np.hypot(yy - data.centroids[k, 1], xx - data.centroids[k, 2])
+        assert r.max() <= data.roi_diameter
+    # rank labels: the drivers, in rank order, white over a dark halo, apart from each other
+    feats = ranks[1]["features"]
+    white = feats["text_colour"] == "white"
+    assert white.sum() == len(drivers) and (~white).sum() == 8 * len(drivers)
+    assert np.all(white[-len(drivers) :])  # the text is drawn after its halo
+    order = np.argsort(-sset.salience, kind="stable")[: len(drivers)]
+    assert feats["roi"][white].tolist() == order.tolist()
+    assert [t.split()[0] for t in feats["label"][white]] == [f"#{i + 1}" for i in range(5)]
+    assert feats["label"][white][0] == f"#1 {sset.salience[order[0]]:.3g}"
+    # fixed size on screen, laid out for a field of view about 800 pixels wide
+    assert ranks[1]["text"]["size"] == TEXT_POINTS and not ranks[1]["text"].get("scaling")
+    assert ranks[1]["text"]["color"] == {"feature": "text_colour"}
+    pos = ranks[0][white][:, 1:] * np.asarray(data.scale[1:])
+    size = TEXT_POINTS * nominal_pixel(data)
+    h = _CHAR_HEIGHT * size
+    for i in range(len(pos)):
+        for j in range(i):
+            wi = _CHAR_WIDTH * size * len(feats["label"][white][i]) / 2
+            wj = _CHAR_WIDTH * size * len(feats["label"][white][j]) / 2
+            dy, dx = np.abs(pos[i] - pos[j])
+            assert dy >= h - 1e-6 or dx >= wi + wj - 1e-6, (i, j)
+
+
+def test_outlines_are_the_in_plane_edges_of_each_roi() -> None:
+    lab = np.zeros((2, 12, 12), dtype=np.int32)
+    lab[0, 2:7, 2:7] = 1
+    lab[0, 2:7, 7:10] = 2  # touching ROI 1: both keep their own edge
+    lab[1, 0:4, 0:4] = 3  # at the image border
+    edges = roi_edges(lab)
+    assert edges[0, 4, 4] == 0 and edges[0, 4, 6] == 1 and edges[0, 4, 7] == 2
+    assert edges[1, 0, 2] == 3  # the border counts as outside
+    assert edges[1, 1, 1] == 0 and edges[1, 3, 3] == 3
+    thick = roi_edges(lab, thickness=2)
+    assert thick[0, 4, 3] == 1 and edges[0, 4, 3] == 0 and thick[0, 4, 4] == 0
+    # an outline pixel belongs to its own ROI's mask
+    assert np.all(edges[edges > 0] == lab[edges > 0])
+    assert np.all(thick[thick > 0] == lab[thick > 0])
+
+
+def _rename_split_column(path: Path, to: str) -> None:
+    """Give the results file's ``decoding_splits`` name column the name ``to`` (files
+    written before the pynapple-friendly rename call it ``split``, later ``split_name``)."""
+    with h5py.File(path, "r+") as f:
+        table = f["processing/llmdecode/decoding_splits"]
+        (old,) = [c for c in ("split", "split_name") if c in table]
+        if old != to:
+            table.move(old, to)
+            cols = [c.decode() if isinstance(c, bytes) else str(c) for c in table.attrs["colnames"]]
+            table.attrs["colnames"] = np.array([to if c == old else c for c in cols], dtype=object)
+
+
+@pytest.mark.parametrize("column", ["split", "split_name"])
+def test_splits_read_from_old_and_new_column_names(
+    files: PlantedFiles, tmp_path: Path, column: str
+) -> None:
+    path = tmp_path / f"{column}.nwb"
+    shutil.copy(files.results, path)
+    _rename_split_column(path, column)
+    with h5py.File(path, "r") as f:
+        assert column in f["processing/llmdecode/decoding_splits"]
+    res = read_source(path).results
+    ds = files.planted.session
+    assert [s[0] for s in res.splits] == ["train", "validation", "test"]
+    assert res.splits[2][1] == pytest.approx(ds["time"].values[files.planted.splits[2][1]])
+
+
+def test_plane_short_names_and_axis_labels(files: PlantedFiles) -> None:
+    from napari_llmdecode._layers import plane_short_names
+
+    data = read_source(files.results)
+    assert data.plane_short_names == ["plane0", "plane1"]
+    assert set(top_rows(data, data.results.salience[0], n=60)["plane"]) == {"plane0", "plane1"}
+    assert plane_short_names(["PlaneSegmentation"]) == ["PlaneSegmentation"]
+    assert plane_short_names(["ps_a", "ps_a2"]) == ["a", "a2"]
+    assert plane_short_names(["cells", "cells"]) == ["cells", "cells"]
+    assert data.axis_labels == ("plane", "y", "x")
 
 
 def test_colouring_by_channel_and_frame(files: PlantedFiles) -> None:
@@ -282,11 +373,15 @@ def test_colouring_by_channel_and_frame(files: PlantedFiles) -> None:
         inside = data.labels > 0
         np.testing.assert_array_equal(upd["volume"][inside], v[data.labels[inside] - 1])
         assert upd["contrast_limits"] == contrast_limits(v)
-        # rings for the salient ROIs only (>= 20 % of the maximum)
+        # outlines for the salient ROIs only (>= 20 % of the maximum)
         expected = np.flatnonzero(v >= 0.2 * np.nanmax(v))
-        np.testing.assert_array_equal(upd["features"]["roi"], expected)
-        np.testing.assert_array_equal(upd["points"], data.centroids[expected])
-        assert len(upd["size"]) == len(expected)
+        np.testing.assert_array_equal(upd["rois"], expected)
+        assert set(np.unique(upd["outlines"])) - {0} == set((expected + 1).tolist())
+        np.testing.assert_array_equal(upd["outlines"] > 0, np.isin(data.edges, expected + 1))
+        top = np.argsort(-np.nan_to_num(v, nan=-1), kind="stable")[:10]
+        white = upd["features"]["text_colour"] == "white"
+        assert upd["features"]["roi"][white].tolist() == top[v[top] > 0].tolist()
+        assert upd["outline_features"]["rank"][top[0] + 1] == 1
     frame = int(np.flatnonzero(np.isfinite(sset.timecourse).all(axis=1))[3])
     v = sset.values(frame=frame)
     np.testing.assert_array_equal(v, sset.timecourse[frame])
@@ -296,7 +391,7 @@ def test_colouring_by_channel_and_frame(files: PlantedFiles) -> None:
     assert rows["roi"].tolist() == np.argsort(-sset.by_output[:, 1])[:4].tolist()
     assert rows["rank"].tolist() == [1, 2, 3, 4]
     np.testing.assert_array_equal(rows["by_output"], sset.by_output[rows["roi"]])
-    assert set(rows["plane"]) <= set(data.plane_names)
+    assert set(rows["plane"]) <= set(data.plane_short_names)
 
 
 def test_trace_data_is_the_rois_activity_and_the_decoded_channel(files: PlantedFiles) -> None:
@@ -371,7 +466,7 @@ def test_sample_data_generates_real_files(tmp_path: Path, monkeypatch) -> None:
     session_layers_ = _sample_data.sample_session()
     results_layers = _sample_data.sample_results()
     assert [t[2] for t in session_layers_] == ["image", "image", "labels"]
-    assert [t[2] for t in results_layers][-2:] == ["image", "points"]
+    assert [t[2] for t in results_layers][-3:] == ["image", "labels", "points"]
     files = sorted(p.name for p in tmp_path.rglob("*.nwb"))
     assert files == ["synthetic_session.nwb", "synthetic_session_desc-llmdecode.nwb"]
     data = read_source(next(tmp_path.rglob("*_desc-llmdecode.nwb")))
@@ -407,4 +502,20 @@ def test_library_and_reader_import_and_read_without_qt(files: PlantedFiles) -> N
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["5 ['image', 'labels', 'points']", "qt blocked"]
+    assert out.stdout.splitlines() == ["6 ['image', 'labels', 'points']", "qt blocked"]
+
+
+def test_viewer_axes_are_named_where_napari_left_numbers() -> None:
+    from types import SimpleNamespace
+
+    from napari_llmdecode._viewer import name_axes
+
+    viewer = SimpleNamespace(dims=SimpleNamespace(axis_labels=("-3", "-2", "-1")))
+    name_axes(viewer, ("plane", "y", "x"))
+    assert viewer.dims.axis_labels == ("plane", "y", "x")
+    viewer.dims.axis_labels = ("0", "1", "2", "3")  # a 4D viewer: the last three
+    name_axes(viewer, ("plane", "y", "x"))
+    assert viewer.dims.axis_labels == ("0", "plane", "y", "x")
+    viewer.dims.axis_labels = ("depth", "row", "col")  # named by the user: kept
+    name_axes(viewer, ("plane", "y", "x"))
+    assert viewer.dims.axis_labels == ("depth", "row", "col")

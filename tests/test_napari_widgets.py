@@ -7,6 +7,7 @@ rows and canvas positions are clicked with real Qt mouse events.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -93,34 +94,44 @@ def test_open_results_through_the_manifest(make_napari_viewer, files: PlantedFil
     assert [(type(layer).__name__, layer.name) for layer in layers] == [
         ("Image", "planted_desc-llmdecode: mean image"),
         ("Image", "planted_desc-llmdecode: correlation image"),
-        ("Labels", "planted_desc-llmdecode: ROIs"),
-        ("Image", "planted_desc-llmdecode: salience (grad-x-input)"),
-        ("Points", "planted_desc-llmdecode: salient ROIs"),
+        ("Labels", "planted_desc-llmdecode: ROIs (outlines)"),
+        ("Image", "grad-x-input salience (a.u.)"),
+        ("Labels", "planted_desc-llmdecode: salient ROIs"),
+        ("Points", "planted_desc-llmdecode: salience ranks"),
     ]
-    labels, sal, pts = (
+    labels, sal, outl, ranks = (
         _layer(viewer, "labels"),
         _layer(viewer, "salience"),
-        _layer(viewer, "points"),
+        _layer(viewer, "outlines"),
+        _layer(viewer, "ranks"),
     )
     data = labels.metadata["llmdecode"]["data"]
     for layer in layers:
         np.testing.assert_allclose(layer.scale, [12.0, 1.0, 1.0])
-    np.testing.assert_array_equal(labels.data, data.labels)
+    # every ROI is shown, by its outline
+    assert labels.visible and outl.visible and ranks.visible
+    np.testing.assert_array_equal(labels.data, data.edges)
     sset = data.results.salience[0]
     np.testing.assert_array_equal(sal.data, paint(data.labels, sset.salience))
     assert sal.colormap.name == "llmdecode salience"
     assert sal.contrast_limits == [0.0, pytest.approx(float(sset.salience.max()))]
+    # the colourbar and its title are on as soon as the file is open (no explorer yet)
+    assert sal.colorbar.visible and sal.name_overlay.visible
+    assert sal.name_overlay.position == sal.colorbar.position
     drivers = np.sort(files.truth.driver_rois)
-    np.testing.assert_array_equal(pts.features["roi"], drivers)  # only the salient ROIs
-    np.testing.assert_allclose(pts.data, data.centroids[drivers])
-    # viewer's z axis spans the two planes, 12 µm apart
+    assert set(np.unique(outl.data)) - {0} == set((drivers + 1).tolist())  # only salient ROIs
+    white = ranks.features["text_colour"] == "white"
+    assert set(ranks.features["roi"][white]) == set(drivers.tolist())
+    # viewer's z axis spans the two planes, 12 µm apart, and is called "plane"
     assert viewer.dims.range[0].step == 12.0 and viewer.dims.range[0].stop == 12.0
+    assert tuple(viewer.dims.axis_labels) == ("plane", "y", "x")
 
 
 def test_open_session_and_sample_data(make_napari_viewer, files, tmp_path, monkeypatch) -> None:
     viewer = make_napari_viewer()
     layers = _open(viewer, files.session)
     assert [type(layer).__name__ for layer in layers] == ["Image", "Image", "Labels"]
+    assert layers[2].visible and tuple(viewer.dims.axis_labels) == ("plane", "y", "x")
     with pytest.raises(ValueError, match=PLUGIN):
         not_nwb = tmp_path / "x.nwb"
         not_nwb.write_text("hello")
@@ -181,19 +192,49 @@ def test_explorer_table_row_click_selects_centres_highlights_and_plots(
     np.testing.assert_array_equal(w.plot.lines["target"].get_ydata(), ds["behavior"].values[:, 2])
     assert "tail_angles[2]" in w.metrics_label.text()
 
-    # sorting by a column keeps row -> ROI right
+    # columns: short plane names, salience to 3 significant digits, one per channel
+    from napari_llmdecode._widgets._explorer import SORT_ROLE
+
+    heads = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert heads == ["rank", "ROI", "plane", "salience", "[0]", "[1]", "[2]"]
+    assert "tail_angles[0], tail_angles[1], tail_angles[2]" in w.table_caption.text()
+    assert {w.table.item(i, 2).text() for i in range(50)} == {"plane0", "plane1"}
+    for i in range(50):
+        v = float(w.table.item(i, 3).data(SORT_ROLE))
+        assert w.table.item(i, 3).text() == f"{v:.3g}"
+        assert v == pytest.approx(float(sset.salience[w.table_rois()[i]]))
+    # every column is in view in the dock (nothing cut off on the right)
+    viewport = w.table.viewport().width()
+    last = w.table.columnCount() - 1
+    assert w.table.columnViewportPosition(last) + w.table.columnWidth(last) <= viewport
+
+    # every column sorts by its numbers (plane by index), and row -> ROI stays right
     header = w.table.horizontalHeader()
+    for col in range(w.table.columnCount()):
+        for _ in range(2):  # ascending, then descending
+            x = header.sectionViewportPosition(col) + header.sectionSize(col) // 2
+            _click(qtbot, header.viewport(), (x, header.height() // 2))
+            values = [float(w.table.item(i, col).data(SORT_ROLE)) for i in range(50)]
+            assert values == sorted(values) or values == sorted(values, reverse=True), col
+            rois = w.table_rois()
+            assert sorted(rois) == sorted(np.argsort(-sset.salience, kind="stable")[:50])
+            assert [int(w.table.item(i, 1).text()) for i in range(50)] == rois
     salience_col = 3
     x = header.sectionViewportPosition(salience_col) + header.sectionSize(salience_col) // 2
     _click(qtbot, header.viewport(), (x, header.height() // 2))
-    values = [w.table.item(i, salience_col).data(0) for i in range(w.table.rowCount())]
-    assert len(values) == 50
-    assert values == sorted(values) or values == sorted(values, reverse=True)
     last = w.table.rowCount() - 1
     w.table.scrollToItem(w.table.item(last, 0))
     _click_row(qtbot, w.table, last)
     assert w.selected_roi == w.table_rois()[last]
-    assert w.table.item(last, 1).data(0) == w.selected_roi
+    assert int(w.table.item(last, 1).text()) == w.selected_roi
+
+    # the rank labels can be hidden
+    ranks = _layer(viewer, "ranks")
+    assert ranks.visible
+    w.ranks_check.setChecked(False)
+    assert not ranks.visible
+    w.ranks_check.setChecked(True)
+    assert ranks.visible
 
 
 def test_explorer_canvas_click_selects_the_roi_under_the_mouse(
@@ -226,7 +267,7 @@ def test_explorer_canvas_click_selects_the_roi_under_the_mouse(
     )
     # the table row of a clicked ROI is selected when it is listed
     if roi in w.table_rois():
-        assert w.table.selectedItems()[1].data(0) == roi
+        assert int(w.table.selectedItems()[1].text()) == roi
     # clicking the background keeps the selection
     free = np.argwhere(data.labels[1] == 0)
     y, x = free[np.argmin(np.abs(free - np.array(data.labels.shape[1:]) / 2).sum(axis=1))]
@@ -257,19 +298,25 @@ def test_explorer_switches_method_channel_and_frame(
     assert [s.method for s in w.sets] == ["grad-x-input", "abs-correlation"]
     assert w.method_box.isEnabled()
     sal = _layer(viewer, "salience", planted)
-    pts = _layer(viewer, "points", planted)
+    outl = _layer(viewer, "outlines", planted)
+    ranks = _layer(viewer, "ranks", planted)
     corr = w.sets[1]
     w.method_box.setCurrentIndex(1)
     np.testing.assert_array_equal(sal.data, paint(planted.labels, corr.salience))
-    ringed = np.flatnonzero(corr.salience >= 0.2 * corr.salience.max())
-    np.testing.assert_allclose(pts.features["salience"], corr.salience[ringed])
-    np.testing.assert_allclose(pts.data, planted.centroids[ringed])
+    outlined = np.flatnonzero(corr.salience >= 0.2 * corr.salience.max())
+    assert set(np.unique(outl.data)) - {0} == set((outlined + 1).tolist())
+    white = ranks.features["text_colour"] == "white"
+    top10 = np.argsort(-corr.salience, kind="stable")[:10]
+    assert ranks.features["roi"][white].tolist() == top10.tolist()
+    # (napari numbers equal layer names: the other file's layer has this title too)
+    assert re.fullmatch(r"abs-correlation salience \(a\.u\.\)( \[\d+\])?", sal.name)
     assert w.table_rois()[:5] == np.argsort(-corr.salience, kind="stable")[:5].tolist()
     # one output channel
     w.channel_box.setCurrentText("tail_angles[1]")
     np.testing.assert_array_equal(sal.data, paint(planted.labels, corr.by_output[:, 1]))
     assert sal.contrast_limits[1] == pytest.approx(float(np.nanmax(corr.by_output[:, 1])))
     assert w.plot_channel_box.currentText() == "tail_angles[1]"
+    assert sal.name.startswith("abs-correlation salience (a.u.), tail_angles[1]")
     # time-resolved salience, frame by frame (fixed colour scale)
     w.method_box.setCurrentIndex(0)
     planted_set = w.sets[0]
@@ -286,6 +333,11 @@ def test_explorer_switches_method_channel_and_frame(
         )
         assert tuple(sal.contrast_limits) == limits
         assert f"frame {frame}" in w.frame_label.text()
+        # the colourbar's title says the scale is that of all frames
+        assert sal.name.startswith(
+            f"grad-x-input salience (a.u.), frame {frame}, one scale for all frames"
+        )
+        assert f"0 to {limits[1]:.3g} a.u. for all frames" in w.frame_label.text()
     w.select_roi(int(files.truth.driver_rois[0]))
     t = planted.results.times[w.frame]
     assert [ln.get_xdata()[0] for ln in w.plot.frame_lines] == [t, t]
@@ -325,12 +377,55 @@ def test_explorer_follows_a_newly_opened_results_file(
     # session file's layers too, since it has the same ROIs
     for layer in viewer.layers:
         data, role = layer.metadata["llmdecode"]["data"], layer.metadata["llmdecode"]["role"]
-        if data is second and (role in ("salience", "points") or "mean image" in layer.name):
+        if data is second and (role in ("salience", "outlines") or "mean image" in layer.name):
             assert layer.visible, layer.name
         elif data is first:
             assert not layer.visible, layer.name
     assert _layer(viewer, "salience", second).colorbar.visible
+    assert _layer(viewer, "salience", second).name_overlay.visible
     assert not _layer(viewer, "salience", first).colorbar.visible
+    assert not _layer(viewer, "salience", first).name_overlay.visible
+
+
+def test_rank_labels_follow_the_zoom_and_roi_outlines_leave_3d(
+    make_napari_viewer, qtbot, files: PlantedFiles
+) -> None:
+    from napari_llmdecode._layers import rank_labels
+
+    viewer = make_napari_viewer(show=True)
+    _open(viewer, files.results)
+    ranks, labels = _layer(viewer, "ranks"), _layer(viewer, "labels")
+    data = ranks.metadata["llmdecode"]["data"]
+    values = data.results.salience[0].values()
+    viewer.reset_view()
+    qtbot.wait(50)
+    viewer.screenshot(canvas_only=True, flash=False)  # draws: the layer learns its zoom
+    before = np.array(ranks.data)
+    np.testing.assert_allclose(before, rank_labels(data, values, pixel=ranks.scale_factor)[0])
+    # zoomed in 4x: the text keeps its size on screen, so labels sit closer to their ROIs
+    # (in world units) and the halo is one screen pixel off again
+    cam = _camera(viewer)
+    cam.zoom = cam.zoom * 4
+    viewer.screenshot(canvas_only=True, flash=False)
+    qtbot.waitUntil(lambda: not np.allclose(np.array(ranks.data), before), timeout=2000)
+    np.testing.assert_allclose(
+        ranks.data, rank_labels(data, values, pixel=ranks.scale_factor)[0], rtol=1e-6
+    )
+    white = ranks.features["text_colour"] == "white"
+    n = int(white.sum())
+    halo = np.array(ranks.data)[~white][::n]  # the first label's eight halo copies
+    spread = np.ptp(halo[:, 1:], axis=0) * np.asarray(data.scale[1:]) / ranks.scale_factor
+    np.testing.assert_allclose(spread, [2.4, 2.4], rtol=1e-3)  # +-1.2 screen pixels
+    # 3D: the outlines of every ROI of every plane would pile up, so they step aside
+    assert labels.visible
+    viewer.dims.ndisplay = 3
+    assert not labels.visible and _layer(viewer, "outlines").visible
+    viewer.dims.ndisplay = 2
+    assert labels.visible
+    labels.visible = False  # the user's choice is kept
+    viewer.dims.ndisplay = 3
+    viewer.dims.ndisplay = 2
+    assert not labels.visible
 
 
 def test_main_view_screenshot_is_not_blank(make_napari_viewer, qtbot, files: PlantedFiles) -> None:

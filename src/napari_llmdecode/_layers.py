@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ALL_OUTPUTS",
     "META_KEY",
+    "OUTLINE_COLOUR",
     "SALIENCE_COLORMAP",
     "LayerDataTuple",
     "ResultsData",
@@ -36,14 +38,21 @@ __all__ = [
     "contrast_limits",
     "labels_layer",
     "layer_role",
+    "nominal_pixel",
+    "outline_layer",
+    "outline_thickness",
+    "outline_volume",
     "paint",
-    "point_sizes",
-    "points_layer",
+    "plane_short_names",
+    "rank_labels",
+    "rank_layer",
     "read_source",
+    "roi_edges",
     "roi_on_ray",
     "roi_world_position",
     "salience_image_layer",
-    "salient_points",
+    "salience_title",
+    "salient_rois",
     "session_layers",
     "short_name",
     "top_rows",
@@ -79,9 +88,16 @@ SALIENCE_COLORMAP: dict[str, Any] = {
     "interpolation": "linear",
 }
 
+#: Outline colour of the salient ROIs: cyan stands apart from grey anatomy and from the
+#: black-red-yellow salience colours.
+OUTLINE_COLOUR = "#00e5ff"
+
+#: What the salience colouring shows by default (the mean over behaviour channels).
+ALL_OUTPUTS = "mean over outputs"
+
 # Activity kept in memory up to this many values (float32); above, traces are read per ROI.
 MAX_ACTIVITY_VALUES = 64_000_000
-#: Centroid points are drawn for ROIs with salience >= this fraction of the maximum ...
+#: Salient ROIs (outlined) have salience >= this fraction of the maximum ...
 MIN_POINT_FRACTION = 0.2
 #: ... and for at most this many ROIs (the strongest).
 MAX_POINTS = 500
@@ -114,6 +130,8 @@ class SalienceSet:
         (rois,) 1 = most salient as written in the file; 0 where not ranked.
     timecourse
         (time, rois) time-resolved salience (NaN outside the explained block), or ``None``.
+    unit
+        Unit of the salience values (that of ``salience_timecourse``; ``a.u.`` otherwise).
     """
 
     method: str
@@ -122,6 +140,7 @@ class SalienceSet:
     by_output: np.ndarray
     rank: np.ndarray
     timecourse: np.ndarray | None = None
+    unit: str = "a.u."
 
     @property
     def label(self) -> str:
@@ -211,10 +230,29 @@ class SessionData:
     results: ResultsData | None = None
     identifier: str = ""
     roi_diameter: float = 5.0
+    _edges: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_rois(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The label volume kept on each ROI's outline (:func:`roi_edges`), computed once."""
+        if self._edges is None:
+            self._edges = roi_edges(self.labels, outline_thickness(self.roi_diameter))
+        return self._edges
+
+    @property
+    def axis_labels(self) -> tuple[str, str, str]:
+        """``plane, y, x`` when each z slice is one imaging plane, else ``z, y, x``."""
+        first = "plane" if self.labels.shape[0] <= len(self.plane_names) else "z"
+        return (first, "y", "x")
+
+    @property
+    def plane_short_names(self) -> list[str]:
+        """Plane names without what they all share (see :func:`plane_short_names`)."""
+        return plane_short_names(self.plane_names)
 
     def __repr__(self) -> str:
         res = self.results is not None
@@ -250,6 +288,28 @@ def short_name(source: str | os.PathLike[str]) -> str:
     s = str(source).split("?")[0].rstrip("/")
     name = re.split(r"[/\\]", s)[-1] or s
     return name[:-4] if name.lower().endswith(".nwb") else name
+
+
+def plane_short_names(names: Sequence[str]) -> list[str]:
+    """Short plane names for tables: the names without the prefix they all share.
+
+    Examples
+    --------
+    >>> plane_short_names(["PlaneSegmentation_plane0", "PlaneSegmentation_plane10"])
+    ['plane0', 'plane10']
+    >>> plane_short_names(["PlaneSegmentation"])
+    ['PlaneSegmentation']
+    """
+    names = [str(n) for n in names]
+    if len(names) < 2:
+        return names
+    first, last = min(names), max(names)
+    n = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
+    prefix = first[:n]
+    # cut at a separator, so that "plane1" / "plane2" keep their word
+    cut = max(prefix.rfind(c) for c in "_-. /") + 1
+    short = [n[cut:] for n in names]
+    return short if all(short) and len(set(short)) == len(short) else names
 
 
 def _natural_key(s: str) -> list[Any]:
@@ -598,8 +658,9 @@ def _read_results(module: Any, tables: list[Any], offsets: np.ndarray, origin: s
     splits: list[tuple[str, float, float]] = []
     if "decoding_splits" in ifaces:
         sp = ifaces["decoding_splits"]
-        column = "split_name" if "split_name" in sp.colnames else "split"  # older files
-        names = [str(_text(s)) for s in _column(sp, column)]
+        # `split_name` since the pynapple-friendly rename; files written before say `split`
+        col = "split_name" if "split_name" in sp.colnames else "split"
+        names = [str(_text(s)) for s in _column(sp, col)]
         splits = [
             (n, float(a), float(b))
             for n, a, b in zip(
@@ -658,7 +719,13 @@ def _read_results(module: Any, tables: list[Any], offsets: np.ndarray, origin: s
         if width > n_ch:  # channel names unknown: number them
             channels += [f"output[{i}]" for i in range(n_ch, width)]
             units += [""] * (width - n_ch)
-        sets.append(SalienceSet(method, origin, sal, by_out, rank, course))
+        unit = "a.u."
+        for t in sal_tables:
+            cname = "salience_timecourse" + t.name[len("roi_salience") :]
+            if cname in ifaces and str(getattr(ifaces[cname], "unit", "") or ""):
+                unit = str(ifaces[cname].unit)
+                break
+        sets.append(SalienceSet(method, origin, sal, by_out, rank, course, unit))
     return ResultsData(
         times=times,
         channels=channels,
@@ -704,26 +771,62 @@ def contrast_limits(values: np.ndarray) -> tuple[float, float]:
     return (0.0, hi if hi > 0 else 1.0)
 
 
-def point_sizes(values: np.ndarray, vmax: float, diameter: float) -> np.ndarray:
-    """Ring sizes growing with the square root of salience, from 2 to 3.2 ROI diameters
-    (the ring's hole, half its size, leaves the ROI itself visible).
-
-    Examples
-    --------
-    >>> point_sizes(np.array([0.0, 1.0, np.nan]), 1.0, 10.0).tolist()
-    [20.0, 32.0, 20.0]
-    """
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0).clip(0, None)
-    frac = np.sqrt(v / vmax) if vmax > 0 else np.zeros_like(v)
-    return (2.0 + 1.2 * frac.clip(0, 1)) * diameter
-
-
 def _roi_diameter(labels: np.ndarray, n_rois: int) -> float:
     """Median equivalent diameter of the drawn ROIs, in voxels."""
     counts = np.bincount(labels.ravel(), minlength=n_rois + 1)[1:]
     counts = counts[counts > 0]
     area = float(np.median(counts)) if counts.size else 25.0
     return float(2.0 * np.sqrt(area / np.pi))
+
+
+def outline_thickness(diameter: float) -> int:
+    """Outline width in pixels: 1 for small ROIs, 2 from 10 px across, 3 from 30 px.
+
+    Examples
+    --------
+    >>> [outline_thickness(d) for d in (5.0, 17.0, 40.0)]
+    [1, 2, 3]
+    """
+    return 1 if diameter < 10 else 2 if diameter < 30 else 3
+
+
+def roi_edges(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The label volume kept only on each ROI's in-plane outline (inner edge, ``thickness``
+    pixels wide); 0 inside the ROIs and outside them.
+
+    A pixel is on the outline of its ROI when a pixel within ``thickness`` of it in the
+    same plane (z slice) has another label, or lies outside the image. Outlines are drawn
+    per plane, so in 3D they sit at each ROI's plane depth.
+
+    Examples
+    --------
+    >>> lab = np.zeros((1, 5, 5), dtype=np.int32)
+    >>> lab[0, 1:4, 1:4] = 3
+    >>> roi_edges(lab)[0].tolist()[1:4]
+    [[0, 3, 3, 3, 0], [0, 3, 0, 3, 0], [0, 3, 3, 3, 0]]
+    """
+    from scipy import ndimage
+
+    k = 2 * int(max(1, thickness)) + 1
+    size = (1, k, k) if labels.ndim == 3 else (k, k)
+    lo = ndimage.minimum_filter(labels, size=size, mode="constant", cval=0)
+    hi = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+    edge = (labels > 0) & ((lo != labels) | (hi != labels))
+    return np.where(edge, labels, 0).astype(labels.dtype, copy=False)
+
+
+def outline_volume(edges: np.ndarray, rois: np.ndarray, n_rois: int) -> np.ndarray:
+    """Outlines of the chosen ``rois`` only, from :func:`roi_edges` (one gather).
+
+    Examples
+    --------
+    >>> e = np.array([[0, 1, 2, 2]], dtype=np.int32)
+    >>> outline_volume(e, np.array([1]), 2).tolist()
+    [[0, 0, 2, 2]]
+    """
+    keep = np.zeros(n_rois + 1, dtype=bool)
+    keep[np.asarray(rois, dtype=np.int64) + 1] = True
+    return np.where(keep[edges], edges, 0).astype(edges.dtype, copy=False)
 
 
 def _legend_text(values: np.ndarray, top: int = 10) -> np.ndarray:
@@ -738,18 +841,15 @@ def _legend_text(values: np.ndarray, top: int = 10) -> np.ndarray:
     return text
 
 
-def salient_points(
-    data: SessionData, values: np.ndarray, vmax: float
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Centroids and features of the salient ROIs: value >= 20 % of ``vmax``, at most the
-    :data:`MAX_POINTS` strongest (so the cost does not grow with the ROI count).
+def salient_rois(data: SessionData, values: np.ndarray, vmax: float) -> np.ndarray:
+    """Global indices (ascending) of the salient ROIs: value >= 20 % of ``vmax``, at most
+    the :data:`MAX_POINTS` strongest (so the cost does not grow with the ROI count).
 
     Examples
     --------
     >>> d = type("D", (), {"centroids": np.zeros((4, 3))})()
-    >>> _, f = salient_points(d, np.array([0.1, 1.0, np.nan, 0.5]), 1.0)
-    >>> f["roi"].tolist(), f["label"].tolist()
-    ([1, 3], ['#1 1', '#2 0.5'])
+    >>> salient_rois(d, np.array([0.1, 1.0, np.nan, 0.5]), 1.0).tolist()
+    [1, 3]
     """
     v = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(v) & np.isfinite(data.centroids).all(axis=1)
@@ -758,31 +858,173 @@ def salient_points(
         from nwb_llmdecode.salience import salience_order
 
         keep = np.sort(keep[salience_order(v[keep])[:MAX_POINTS]])
+    return keep
+
+
+#: Directions of the dark halo drawn behind each rank label (8 neighbours).
+_HALO = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], dtype=float)
+#: Width and height of a text character relative to the text size (vispy draws the size
+#: in points, about 4/3 pixel each; DejaVu Sans digits are about 0.6 em wide).
+_CHAR_WIDTH = 0.85
+_CHAR_HEIGHT = 1.9
+
+
+#: Font size of the rank labels (points; fixed on screen, whatever the zoom).
+TEXT_POINTS = 10.0
+
+
+def nominal_pixel(data: SessionData) -> float:
+    """World units per screen pixel when the whole field of view fills about 800 pixels:
+    the rank labels' layout before napari has drawn them (then they follow the zoom)."""
+    extent = np.asarray(data.labels.shape[1:], dtype=float) * np.asarray(data.scale[1:])
+    return float(max(extent.max() / 800.0, 1e-9))
+
+
+def _place_labels(
+    centres: np.ndarray, widths: np.ndarray, height: float, radius: float, bounds: np.ndarray
+) -> np.ndarray:
+    """Lower-left corners (y, x; world, y down) of text boxes beside each centre, chosen in
+    order among eight places around it so that boxes overlap neither each other nor the
+    image border where that can be helped (greedy: the first label gets the best place)."""
+    boxes: list[tuple[float, float, float, float]] = []
+    out = np.zeros((len(centres), 2))
+    for i, ((cy, cx), w) in enumerate(zip(centres, widths, strict=True)):
+        r = radius
+        cands = [
+            (cy - 0.3 * r, cx + r),  # right, slightly above
+            (cy + r + height, cx + 0.3 * r),  # below right
+            (cy - 0.3 * r, cx - r - w),  # left
+            (cy - r, cx + 0.3 * r),  # above right
+            (cy + r + height, cx - w),  # below left
+            (cy - r, cx - w),  # above left
+            (cy + 0.5 * height, cx + r),  # right, centred
+            (cy + 0.5 * height, cx - r - w),  # left, centred
+        ]
+
+        def cost(c: tuple[float, float], w: float = w) -> float:
+            y0, x0 = c
+            box = (y0 - height, y0, x0, x0 + w)
+            over = sum(
+                max(0.0, min(box[1], b[1]) - max(box[0], b[0]))
+                * max(0.0, min(box[3], b[3]) - max(box[2], b[2]))
+                for b in boxes
+            )
+            outside = (
+                max(0.0, bounds[0] - box[0])
+                + max(0.0, box[1] - bounds[1])
+                + max(0.0, bounds[2] - box[2])
+                + max(0.0, box[3] - bounds[3])
+            )
+            return over + outside * height
+
+        best = min(range(len(cands)), key=lambda k: (cost(cands[k]) > 1e-9, cost(cands[k]), k))
+        y0, x0 = cands[best]
+        boxes.append((y0 - height, y0, x0, x0 + w))
+        out[i] = (y0, x0)
+    return out
+
+
+def rank_labels(
+    data: SessionData, values: np.ndarray, *, pixel: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Points and features of the rank labels (``#rank value``) of the ten most salient
+    ROIs, in white over a dark halo so that they read on any colour.
+
+    The text has a fixed size on screen (:data:`TEXT_POINTS`), so the layout depends on
+    the zoom: ``pixel`` is the size of a screen pixel in world units (napari's
+    ``layer.scale_factor``; :func:`nominal_pixel` when not given). Each label's point is
+    the centre of its text, placed beside its ROI where it covers no other label (see
+    :func:`_place_labels`). The halo is eight dark copies one pixel off, drawn before
+    the white copy. Returns ``(coords, features)``; features ``roi``, ``label`` and
+    ``text_colour``.
+
+    Examples
+    --------
+    >>> d = type("D", (), {})()
+    >>> d.centroids = np.full((3, 3), 50.0)
+    >>> d.labels, d.scale = np.zeros((1, 120, 120), np.int32), (1.0, 1.0, 1.0)
+    >>> d.translate, d.roi_diameter = (0.0, 0.0, 0.0), 5.0
+    >>> c, f = rank_labels(d, np.array([0.5, 2.0, 0.0]))
+    >>> len(c), f["label"][-2:].tolist(), f["text_colour"][-1]
+    (18, ['#1 2', '#2 0.5'], 'white')
+    """
+    text = _legend_text(np.asarray(values, dtype=np.float64))
+    ok = np.isfinite(data.centroids).all(axis=1)
+    rois = np.flatnonzero((text != "") & ok)
+    rank = np.array([int(str(t)[1:].split()[0]) for t in text[rois]], dtype=np.int64)
+    rois = rois[np.argsort(rank, kind="stable")]
+    strings = text[rois].astype(str)
+    if not len(rois):
+        none = np.zeros(0, dtype=object)
+        return np.zeros((0, 3)), {"roi": np.zeros(0, np.int64), "label": none, "text_colour": none}
+    scale = np.asarray(data.scale, dtype=float)
+    px = float(pixel) if pixel and np.isfinite(pixel) and pixel > 0 else nominal_pixel(data)
+    size = TEXT_POINTS * px  # the text size in world units at this zoom
+    world = data.centroids[rois] * scale
+    widths = np.array([_CHAR_WIDTH * size * len(t) for t in strings])
+    bounds = np.array([0.0, data.labels.shape[1] * scale[1], 0.0, data.labels.shape[2] * scale[2]])
+    radius = 0.6 * data.roi_diameter * float(scale[1:].min())
+    height = _CHAR_HEIGHT * size
+    corners = _place_labels(world[:, 1:], widths, height, radius, bounds)
+    centres = corners + np.column_stack([np.full(len(rois), -height / 2), widths / 2])
+    base = np.column_stack([data.centroids[rois, 0], centres / scale[1:]])
+    step = 1.2 * px / scale[1:]
+    halo = [base + np.r_[0.0, d * step] for d in _HALO]
+    coords = np.concatenate([*halo, base])
     feats = {
-        "roi": keep,
-        "salience": v[keep].astype(np.float32),
-        "label": _legend_text(v[keep]),
+        "roi": np.tile(rois, len(_HALO) + 1),
+        "label": np.tile(strings, len(_HALO) + 1),
+        "text_colour": np.array(
+            ["#000000"] * (len(rois) * len(_HALO)) + ["white"] * len(rois), dtype=object
+        ),
     }
-    return data.centroids[keep], feats
+    return coords, feats
 
 
 def colour_update(
-    data: SessionData, values: np.ndarray, *, limits: tuple[float, float] | None = None
+    data: SessionData,
+    values: np.ndarray,
+    *,
+    limits: tuple[float, float] | None = None,
+    pixel: float | None = None,
 ) -> dict[str, Any]:
     """Everything that changes when the colouring changes, computed at once.
 
     Returns a dict with ``volume`` (salience painted into the labels), ``contrast_limits``,
-    and for the centroid points ``points`` (coordinates), ``features`` and ``size`` (see
-    :func:`salient_points`). The Qt side only assigns them.
+    ``rois`` (the salient ROIs, see :func:`salient_rois`), ``outlines`` (the outline
+    volume of those ROIs) with ``outline_features``, and for the rank labels ``points``
+    and ``features`` (see :func:`rank_labels`, laid out for ``pixel``). The Qt side only
+    assigns them.
     """
     lim = limits or contrast_limits(values)
-    coords, feats = salient_points(data, values, lim[1])
+    rois = salient_rois(data, values, lim[1])
+    coords, feats = rank_labels(data, values, pixel=pixel)
     return {
         "volume": paint(data.labels, values),
         "contrast_limits": lim,
+        "rois": rois,
+        "outlines": outline_volume(data.edges, rois, data.n_rois),
+        "outline_features": _outline_features(data, values),
         "points": coords,
         "features": feats,
-        "size": point_sizes(feats["salience"], lim[1], data.roi_diameter),
+    }
+
+
+def _outline_features(data: SessionData, values: np.ndarray) -> dict[str, Any]:
+    """Hover features of the outline layer: ROI, salience and rank under the colouring."""
+    from nwb_llmdecode.salience import salience_order
+
+    n = data.n_rois
+    v = np.asarray(values, dtype=np.float64)
+    rank = np.zeros(n, dtype=np.int64)
+    order = salience_order(np.nan_to_num(v, nan=-np.inf))
+    order = order[np.isfinite(v[order])]
+    rank[order] = np.arange(1, len(order) + 1)
+    return {
+        "index": np.arange(n + 1),
+        "roi": np.concatenate([[-1], np.arange(n)]),
+        "salience": np.concatenate([[np.nan], v]).astype(np.float32),
+        "rank": np.concatenate([[0], rank]),
     }
 
 
@@ -804,7 +1046,7 @@ def layer_role(metadata: dict[str, Any]) -> tuple[str | None, SessionData | None
 
 
 def _geo(data: SessionData) -> dict[str, Any]:
-    return {"scale": data.scale, "translate": data.translate}
+    return {"scale": data.scale, "translate": data.translate, "axis_labels": data.axis_labels}
 
 
 def _robust_limits(vol: np.ndarray) -> tuple[float, float]:
@@ -817,7 +1059,12 @@ def _robust_limits(vol: np.ndarray) -> tuple[float, float]:
 
 
 def labels_layer(data: SessionData, *, salience: np.ndarray | None = None) -> LayerDataTuple:
-    """Labels layer of all ROIs; hovering shows ROI, table and row in the status bar."""
+    """Labels layer of all ROIs; hovering shows ROI, table and row in the status bar.
+
+    Shown for sessions and results files alike. Under the salience colouring of a results
+    file (``salience`` given) every ROI is drawn by its outline (:attr:`SessionData.edges`),
+    so that the salience fill and the anatomy stay visible.
+    """
     n = data.n_rois
     features: dict[str, Any] = {
         "index": np.arange(n + 1),
@@ -828,15 +1075,36 @@ def labels_layer(data: SessionData, *, salience: np.ndarray | None = None) -> La
     if salience is not None:
         features["salience"] = np.concatenate([[np.nan], salience]).astype(np.float32)
     kwargs = {
-        "name": f"{data.name}: ROIs",
-        "opacity": 0.5,
-        # with salience, the salience layer shows the ROIs; the labels stay one click away
-        "visible": salience is None,
+        "name": f"{data.name}: ROIs" + ("" if salience is None else " (outlines)"),
+        "opacity": 0.5 if salience is None else 0.4,
         "features": features,
         "metadata": _meta(data, "labels"),
         **_geo(data),
     }
-    return (data.labels, kwargs, "labels")
+    return (data.labels if salience is None else data.edges, kwargs, "labels")
+
+
+def salience_title(sset: SalienceSet, what: str = ALL_OUTPUTS, *, frame: int | None = None) -> str:
+    """Name of the salience layer, shown as the title of its colourbar: the method, the
+    unit, and what is coloured (nothing more for the mean over outputs; one channel; or
+    one frame, whose colour scale is fixed over all frames). Short, to fit beside the
+    colourbar, so without the file name (the explorer shows one file's salience at a
+    time).
+
+    Examples
+    --------
+    >>> s = SalienceSet("ig", "f", np.zeros(1), np.zeros((1, 1)), np.zeros(1))
+    >>> salience_title(s)
+    'ig salience (a.u.)'
+    >>> salience_title(s, "tail[1]")
+    'ig salience (a.u.), tail[1]'
+    >>> salience_title(s, frame=3)
+    'ig salience (a.u.), frame 3, one scale for all frames'
+    """
+    head = f"{sset.method} salience ({sset.unit})"
+    if frame is not None:
+        return f"{head}, frame {frame}, one scale for all frames"
+    return head if what == ALL_OUTPUTS else f"{head}, {what}"
 
 
 def salience_image_layer(
@@ -847,7 +1115,7 @@ def salience_image_layer(
     return (
         paint(data.labels, v),
         {
-            "name": f"{data.name}: salience ({sset.method})",
+            "name": salience_title(sset),
             "colormap": SALIENCE_COLORMAP,
             "contrast_limits": contrast_limits(v),
             "blending": "translucent",
@@ -858,34 +1126,55 @@ def salience_image_layer(
     )
 
 
-def points_layer(
+def outline_layer(
     data: SessionData, sset: SalienceSet, values: np.ndarray | None = None
 ) -> LayerDataTuple:
-    """Centroids of the salient ROIs sized and coloured by salience (rings around the
-    ROIs); the top ten labelled with rank and value."""
+    """Outlines of the salient ROIs (their own mask's edge), one colour, at any zoom.
+
+    Labels layer whose voxels are the outline pixels of the salient ROIs (see
+    :func:`salient_rois`); hovering an outline shows the ROI, its salience and rank.
+    """
     v = sset.values() if values is None else values
-    lim = contrast_limits(v)
-    coords, feats = salient_points(data, v, lim[1])
+    rois = salient_rois(data, v, contrast_limits(v)[1])
+    return (
+        outline_volume(data.edges, rois, data.n_rois),
+        {
+            "name": f"{data.name}: salient ROIs",
+            "colormap": {None: OUTLINE_COLOUR, 0: "transparent"},
+            "features": _outline_features(data, v),
+            "opacity": 1.0,
+            "blending": "translucent",
+            "metadata": _meta(data, "outlines", method=sset.method),
+            **_geo(data),
+        },
+        "labels",
+    )
+
+
+def rank_layer(
+    data: SessionData, sset: SalienceSet, values: np.ndarray | None = None
+) -> LayerDataTuple:
+    """Rank and value of the ten most salient ROIs, white on a dark halo (readable on any
+    colour), fixed size on screen; hide it with the layer's eye or the explorer's *rank
+    labels* box. :func:`napari_llmdecode._viewer.follow_zoom` lays it out again on zoom."""
+    v = sset.values() if values is None else values
+    coords, feats = rank_labels(data, v)
     return (
         coords,
         {
-            "name": f"{data.name}: salient ROIs",
+            "name": f"{data.name}: salience ranks",
             "features": feats,
-            "size": point_sizes(feats["salience"], lim[1], data.roi_diameter),
-            "symbol": "ring",
-            "face_color": "salience",
-            "face_colormap": SALIENCE_COLORMAP,
-            "face_contrast_limits": lim,
+            "size": max(data.roi_diameter * 0.2, 1e-3),
+            "face_color": "transparent",
             "border_width": 0,
-            "opacity": 0.75,
             "text": {
                 "string": "{label}",
-                "color": "#f0f0f0",
-                "size": 8,
-                "anchor": "upper_left",
-                "translation": [0.0, 1.2 * data.roi_diameter, 1.2 * data.roi_diameter],
+                "color": {"feature": "text_colour"},
+                "size": TEXT_POINTS,
+                "anchor": "center",
             },
-            "metadata": _meta(data, "points", method=sset.method),
+            # the values, to lay the labels out again when the zoom changes
+            "metadata": _meta(data, "ranks", method=sset.method, values=v),
             **_geo(data),
         },
         "points",
@@ -894,7 +1183,11 @@ def points_layer(
 
 def session_layers(data: SessionData) -> list[LayerDataTuple]:
     """All layers of a file: summary images (or an activity projection), ROI labels and,
-    with results, salience colouring and centroid points.
+    with results, salience colouring, outlines of the salient ROIs and their ranks.
+
+    When napari is running, what layer keywords cannot say (the salience colourbar and its
+    title, rank labels that follow the zoom, ROI outlines that step aside in 3D) is set
+    up as the viewer adds the layers (see :func:`napari_llmdecode._viewer.show_on_insert`).
 
     Examples
     --------
@@ -943,7 +1236,11 @@ def session_layers(data: SessionData) -> list[LayerDataTuple]:
     layers.append(labels_layer(data, salience=sets[0].values() if sets else None))
     if sets:
         layers.append(salience_image_layer(data, sets[0]))
-        layers.append(points_layer(data, sets[0]))
+        layers.append(outline_layer(data, sets[0]))
+        layers.append(rank_layer(data, sets[0]))
+    from ._viewer import show_on_insert
+
+    show_on_insert(layers)
     return layers
 
 
@@ -968,7 +1265,8 @@ def top_rows(
     """The ``n`` most salient ROIs under the chosen colouring, most salient first.
 
     Returns columns ``rank`` (1 = most salient by the chosen values), ``roi``, ``plane``
-    (table name), ``salience`` (overall) and ``by_output`` (n, channels).
+    (short table name, :func:`plane_short_names`), ``salience`` (overall) and
+    ``by_output`` (n, channels).
 
     Examples
     --------
@@ -987,7 +1285,9 @@ def top_rows(
     return {
         "rank": np.arange(1, len(order) + 1),
         "roi": order,
-        "plane": np.asarray(data.plane_names, dtype=object)[data.roi_plane[order]],
+        "plane": np.asarray(plane_short_names(data.plane_names), dtype=object)[
+            data.roi_plane[order]
+        ],
         "salience": np.asarray(sset.salience[order], dtype=np.float64),
         "by_output": np.asarray(sset.by_output[order], dtype=np.float64),
     }

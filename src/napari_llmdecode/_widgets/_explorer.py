@@ -32,6 +32,8 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import (
+    ALL_OUTPUTS,
+    META_KEY,
     SalienceSet,
     SessionData,
     colour_update,
@@ -39,9 +41,11 @@ from .._layers import (
     layer_role,
     roi_on_ray,
     roi_world_position,
+    salience_title,
     top_rows,
     trace_data,
 )
+from .._viewer import follow_zoom, hide_colourbar, relayout_ranks, show_colourbar
 
 if TYPE_CHECKING:
     import napari
@@ -53,7 +57,9 @@ log = logging.getLogger(__name__)
 _SPLIT_COLOURS = {"train": "#4c72b0", "validation": "#dd8452", "test": "#55a868"}
 _BG = "#262930"
 _FG = "#d6d6d6"
-_ALL = "all outputs (mean)"
+_ALL = ALL_OUTPUTS
+#: Colour of the selected ROI's square (apart from the cyan outlines of salient ROIs).
+_HIGHLIGHT = "#7cfc00"
 
 
 def _camera(viewer: Any) -> Any:
@@ -62,15 +68,56 @@ def _camera(viewer: Any) -> Any:
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
-def _num_item(value: float | int, fmt: str = "{:.4g}") -> QTableWidgetItem:
-    """A table cell that sorts by number and shows a short text."""
-    item = QTableWidgetItem()
+#: Item data role holding a cell's number (what the column sorts by).
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+class _Item(QTableWidgetItem):
+    """A table cell that sorts by its number (:data:`SORT_ROLE`) when it has one."""
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:  # type: ignore[override]
+        a, b = self.data(SORT_ROLE), other.data(SORT_ROLE)
+        if a is not None and b is not None:
+            return float(a) < float(b)
+        return super().__lt__(other)
+
+
+def _num_item(value: float | int) -> QTableWidgetItem:
+    """A read-only cell: integers as they are, reals to 3 significant digits (the full
+    value in the tooltip); sorts by the number."""
+    item = _Item()
     v = float(value)
-    item.setData(Qt.ItemDataRole.DisplayRole, int(v) if isinstance(value, int | np.integer) else v)
-    if not isinstance(value, int | np.integer):
-        item.setData(Qt.ItemDataRole.ToolTipRole, fmt.format(v))
+    if isinstance(value, int | np.integer):
+        item.setText(str(int(value)))
+    else:
+        item.setText("" if not np.isfinite(v) else f"{v:.3g}")
+        item.setToolTip(repr(v))
+        item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    item.setData(SORT_ROLE, v if np.isfinite(v) else -np.inf)
     item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
     return item
+
+
+def channel_headers(channels: list[str]) -> tuple[list[str], str]:
+    """Narrow column headers of the per-channel salience columns, and a caption.
+
+    Channels of one behaviour series (``tail_angles[0]``, ``tail_angles[1]``) are headed
+    by their index alone and the caption names the series; channels of several series
+    keep their names.
+
+    Examples
+    --------
+    >>> channel_headers(["tail_angles[0]", "tail_angles[1]"])
+    (['[0]', '[1]'], 'salience per output: [0], [1] = tail_angles[0], tail_angles[1]')
+    >>> channel_headers(["speed[0]", "tail[0]"])[0]
+    ['speed[0]', 'tail[0]']
+    """
+    parts = [c.rpartition("[") for c in channels]
+    series = {head for head, sep, _ in parts if sep}
+    if len(series) == 1 and all(sep for _, sep, _ in parts):
+        heads = [f"[{tail}" for _, _, tail in parts]
+        return heads, f"salience per output: {', '.join(heads)} = {', '.join(channels)}"
+    return list(channels), "salience per output: one column per behaviour channel"
 
 
 class _Plot(QWidget):
@@ -216,6 +263,9 @@ class SalienceExplorer(QWidget):
         self.top_n.setRange(1, 100_000)
         self.top_n.setValue(50)
         self.time_check = QCheckBox("time-resolved")
+        self.ranks_check = QCheckBox("rank labels")
+        self.ranks_check.setChecked(True)
+        self.ranks_check.setToolTip("Show the rank and salience of the ten most salient ROIs")
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setEnabled(False)
         self.play = QPushButton("▶")
@@ -223,12 +273,15 @@ class SalienceExplorer(QWidget):
         self.play.setFixedWidth(32)
         self.play.setEnabled(False)
         self.frame_label = QLabel("")
+        self.frame_label.setWordWrap(True)
         self.metrics_label = QLabel("")
         self._view_by_id: dict[int, SessionData] = {}
         self._known: set[int] = set()
         self._timer = QTimer(self)
         self._timer.setInterval(100)
 
+        self.table_caption = QLabel("")
+        self.table_caption.setWordWrap(True)
         self.table = QTableWidget(0, 4)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -244,13 +297,21 @@ class SalienceExplorer(QWidget):
         form.addRow("salience", self.method_box)
         form.addRow("colour by", self.channel_box)
         form.addRow("plot channel", self.plot_channel_box)
-        form.addRow("top N", self.top_n)
+        top_row = QHBoxLayout()
+        top_row.addWidget(self.top_n)
+        top_row.addWidget(self.ranks_check)
+        form.addRow("top N", top_row)
         time_row = QHBoxLayout()
         time_row.addWidget(self.time_check)
         time_row.addWidget(self.play)
         time_row.addWidget(self.slider, 1)
         split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.table)
+        table_box = QWidget()
+        table_lay = QVBoxLayout(table_box)
+        table_lay.setContentsMargins(0, 0, 0, 0)
+        table_lay.addWidget(self.table_caption)
+        table_lay.addWidget(self.table, 1)
+        split.addWidget(table_box)
         split.addWidget(self.plot)
         split.setSizes([260, 320])
         lay = QVBoxLayout(self)
@@ -267,6 +328,7 @@ class SalienceExplorer(QWidget):
         self.plot_channel_box.currentIndexChanged.connect(self._on_plot_channel)
         self.top_n.valueChanged.connect(self._fill_table)
         self.time_check.toggled.connect(self._on_time_toggled)
+        self.ranks_check.toggled.connect(self._on_ranks_toggled)
         self.slider.valueChanged.connect(self._on_slider)
         self.play.toggled.connect(self._on_play)
         self._timer.timeout.connect(self._step)
@@ -397,12 +459,17 @@ class SalienceExplorer(QWidget):
             if d is None or role == "highlight":
                 continue
             if d is data:
-                if role in ("salience", "points"):
+                if role in ("salience", "outlines"):
                     layer.visible = True
+                elif role == "ranks":
+                    layer.visible = self.ranks_check.isChecked()
             elif compatible(data, d):
                 layer.visible = False
             if role == "salience":
-                layer.colorbar.visible = d is data
+                if d is data:
+                    show_colourbar(layer)
+                else:
+                    hide_colourbar(layer)
         self.plot._message("Click a ROI in the table or on the canvas")
         self._metrics_line()
 
@@ -484,7 +551,8 @@ class SalienceExplorer(QWidget):
             self._plot_roi(self.selected_roi)
 
     def apply_colouring(self) -> None:
-        """Recolour the salience image and centroid points for the current choices."""
+        """Recolour the salience image, outline the salient ROIs and label the top ten for
+        the current choices; the colourbar's title says what is shown."""
         data, sset = self.data, self.current_set
         if data is None or sset is None:
             return
@@ -496,18 +564,24 @@ class SalienceExplorer(QWidget):
         if sal is not None:
             sal.data = upd["volume"]
             sal.contrast_limits = upd["contrast_limits"]
-            what = self.channel_box.currentText() if frame is None else f"frame {frame}"
-            sal.name = f"{data.name}: salience ({sset.method}, {what})"
-            sal.colorbar.visible = True
-        pts = self._layer("points")
-        if pts is not None:
-            pts.data = upd["points"]
-            pts.features = upd["features"]
-            pts.size = upd["size"]
-            pts.face_contrast_limits = upd["contrast_limits"]
-            pts.refresh_colors(update_color_mapping=False)
-            pts.refresh_text()
+            what = self.channel_box.currentText() or _ALL
+            sal.name = salience_title(sset, what, frame=frame)
+            show_colourbar(sal)
+        outlines = self._layer("outlines")
+        if outlines is not None:
+            outlines.data = upd["outlines"]
+            outlines.features = upd["outline_features"]
+        ranks = self._layer("ranks")
+        if ranks is not None:
+            ranks.metadata[META_KEY]["values"] = values
+            follow_zoom(ranks)  # (set up when the file opened; once)
+            relayout_ranks(ranks)
         self._update_frame_label()
+
+    def _on_ranks_toggled(self, on: bool) -> None:
+        ranks = self._layer("ranks")
+        if ranks is not None:
+            ranks.visible = on
 
     def _timecourse_limits(self, sset: SalienceSet) -> tuple[float, float]:
         key = id(sset)
@@ -554,7 +628,15 @@ class SalienceExplorer(QWidget):
     def _update_frame_label(self) -> None:
         f = self.frame
         t = self._frame_time()
-        self.frame_label.setText("" if f is None or t is None else f"frame {f}, t = {t:.2f} s")
+        sset = self.current_set
+        if f is None or t is None or sset is None:
+            self.frame_label.setText("")
+            return
+        hi = self._timecourse_limits(sset)[1]
+        self.frame_label.setText(
+            f"frame {f}, t = {t:.2f} s · colour scale 0 to {hi:.3g} {sset.unit} for all frames "
+            "(99.5th percentile of the time-resolved salience)"
+        )
 
     def _update_plot_frame(self) -> None:
         self.plot.set_frame_time(self._frame_time())
@@ -565,18 +647,35 @@ class SalienceExplorer(QWidget):
 
     def _fill_table(self, *_: Any) -> None:
         data, sset = self.data, self.current_set
+        header = self.table.horizontalHeader()
+        sort_col, sort_order = header.sortIndicatorSection(), header.sortIndicatorOrder()
         self.table.setSortingEnabled(False)
         self.table.blockSignals(True)
         try:
             self.table.clearContents()
             if data is None or sset is None or data.results is None:
                 self.table.setRowCount(0)
+                self.table_caption.setText("")
                 return
             rows = top_rows(data, sset, channel=self.colour_channel, n=self.top_n.value())
             chans = data.results.channels
-            headers = ["rank", "ROI", "plane", "salience", *chans]
-            self.table.setColumnCount(len(headers))
-            self.table.setHorizontalHeaderLabels(headers)
+            self.table.setColumnCount(4 + len(chans))
+            heads = [
+                ("rank", "rank under the chosen colouring (1 = most salient)"),
+                ("ROI", "global ROI index (tooltip: table and row)"),
+                ("plane", "ROI table (plane)"),
+                ("salience", f"{sset.method} salience, mean over outputs ({sset.unit})"),
+            ]
+            ch_heads, caption = channel_headers(chans)
+            heads += [
+                (h, f"{sset.method} salience for output {c} ({sset.unit})")
+                for h, c in zip(ch_heads, chans, strict=True)
+            ]
+            self.table_caption.setText(caption)
+            for col, (text, tip) in enumerate(heads):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip)
+                self.table.setHorizontalHeaderItem(col, item)
             n = len(rows["roi"])
             self.table.setRowCount(n)
             for i in range(n):
@@ -586,17 +685,35 @@ class SalienceExplorer(QWidget):
                 roi_item.setData(Qt.ItemDataRole.UserRole, roi)
                 roi_item.setToolTip(data.roi_name(roi))
                 self.table.setItem(i, 1, roi_item)
-                plane = QTableWidgetItem(str(rows["plane"][i]))
+                plane = _Item(str(rows["plane"][i]))
+                plane.setData(SORT_ROLE, int(data.roi_plane[roi]))
+                plane.setToolTip(data.plane_names[int(data.roi_plane[roi])])
                 plane.setFlags(plane.flags() & ~Qt.ItemFlag.ItemIsEditable)
                 self.table.setItem(i, 2, plane)
                 self.table.setItem(i, 3, _num_item(float(rows["salience"][i])))
                 for c in range(len(chans)):
                     self.table.setItem(i, 4 + c, _num_item(float(rows["by_output"][i, c])))
+            # one plane: the column would say the same on every row
+            self.table.setColumnHidden(2, len(data.plane_names) < 2)
         finally:
             self.table.blockSignals(False)
             self.table.setSortingEnabled(True)
+        if sort_col < self.table.columnCount():
+            self.table.sortItems(sort_col, sort_order)
         self.table.resizeColumnsToContents()
+        self._fit_table_width()
         self._select_table_row(self.selected_roi)
+
+    def _fit_table_width(self) -> None:
+        """Ask for the width that shows every column (up to 520 px) so that the dock
+        opens wide enough; narrower docks scroll."""
+        width = sum(
+            self.table.columnWidth(c)
+            for c in range(self.table.columnCount())
+            if not self.table.isColumnHidden(c)
+        )
+        width += self.table.verticalScrollBar().sizeHint().width() + 2 * self.table.frameWidth()
+        self.table.setMinimumWidth(min(width, 520))
 
     def table_rois(self) -> list[int]:
         """ROIs in the table, top to bottom as currently sorted."""
@@ -659,9 +776,10 @@ class SalienceExplorer(QWidget):
                 np.asarray(position)[-3:],
                 np.asarray(event.view_direction)[-3:],
             )
+        # the ROI masks (the layer may show outlines only)
         idx = np.round(labels.world_to_data(np.asarray(position))).astype(int)
-        inside = np.all((idx >= 0) & (idx < np.asarray(labels.data.shape)))
-        value = int(labels.data[tuple(idx)]) if inside else 0
+        inside = np.all((idx >= 0) & (idx < np.asarray(data.labels.shape)))
+        value = int(data.labels[tuple(idx)]) if inside else 0
         return value - 1 if value else None
 
     def select_roi(self, roi: int, *, centre: bool = True) -> None:
@@ -707,7 +825,7 @@ class SalienceExplorer(QWidget):
                     symbol="square",
                     size=2.2 * data.roi_diameter,
                     face_color="transparent",
-                    border_color="#00e5ff",
+                    border_color=_HIGHLIGHT,
                     border_width=0.06,
                     scale=data.scale,
                     translate=data.translate,
