@@ -126,6 +126,12 @@ def _read_nwb(h5file: Any, label: str) -> tuple[Any, Any]:
     return io, nwbfile
 
 
+def _open_remote_h5(source: str, *, cache_dir: Any = None) -> Any:
+    from .remote import open_remote_h5
+
+    return open_remote_h5(source, cache_dir=cache_dir)
+
+
 @contextlib.contextmanager
 def open_nwb(
     source: str | os.PathLike[str],
@@ -161,9 +167,7 @@ def open_nwb(
     ...     print(src.nwbfile.session_description)
     """
     if is_remote(source):
-        from .remote import open_remote_h5
-
-        with open_remote_h5(str(source), cache_dir=cache_dir) as (h5file, url, stats):
+        with _open_remote_h5(str(source), cache_dir=cache_dir) as (h5file, url, stats):
             io, nwbfile = _read_nwb(h5file, str(source))
             try:
                 yield NWBSource(nwbfile=nwbfile, label=str(source), url=url, stats=stats)
