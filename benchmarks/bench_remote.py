@@ -69,10 +69,9 @@ class _RenewingURL:
     """remfile's URL-renewal protocol (an object with ``get_url()``): re-resolve the
     source through the DANDI API when the presigned URL is about to expire."""
 
-    def __init__(self, source: str, resolve: Callable[[str], Any]) -> None:
-        self.source, self.resolve = source, resolve
-        self.url = resolve(source).url
-        self.t = time.time()
+    def __init__(self, resolved: Any, resolve: Callable[[str], Any]) -> None:
+        self.source, self.resolve = resolved.source, resolve
+        self.url = resolved.url
 
     def get_url(self) -> str:
         from urllib.parse import parse_qs, urlsplit
@@ -80,19 +79,18 @@ class _RenewingURL:
         q = parse_qs(urlsplit(self.url).query)
         if "X-Amz-Expires" in q:
             deadline = int(q["X-Amz-Date"][0]) + int(q["X-Amz-Expires"][0])
-            if time.time() > deadline - 0.5:
+            if time.time() > deadline - 0.2:
                 self.url = self.resolve(self.source).url
         return self.url
 
 
 @contextlib.contextmanager
-def _open_layer(layer: str, source: str, cache: Path) -> Iterator[tuple[Any, str, dict]]:
-    """(h5py.File, url, stats) of ``source`` through ``layer``; same shape as ours."""
+def _open_layer(layer: str, resolved: Any, cache: Path) -> Iterator[tuple[Any, dict]]:
+    """(h5py.File, stats) of a resolved source through ``layer``, as ``open_nwb`` wants."""
     import h5py
 
     from nwb_llmdecode.io.dandi import resolve_source
 
-    resolved = resolve_source(source)
     url, size = resolved.url, resolved.size
     closers: list[Callable[[], Any]] = []
     if layer == "remfile":
@@ -100,7 +98,7 @@ def _open_layer(layer: str, source: str, cache: Path) -> Iterator[tuple[Any, str
 
         (cache / "remfile").mkdir(parents=True, exist_ok=True)
         fobj: Any = remfile.File(
-            _RenewingURL(source, resolve_source),
+            _RenewingURL(resolved, resolve_source),
             disk_cache=remfile.DiskCache(str(cache / "remfile")),
             _size=size,
         )
@@ -126,7 +124,7 @@ def _open_layer(layer: str, source: str, cache: Path) -> Iterator[tuple[Any, str
         raise ValueError(layer)
     h5 = h5py.File(fobj, "r")
     try:
-        yield h5, url, {}
+        yield h5, {"url": url}
     finally:
         h5.close()
         for close in closers:
@@ -135,21 +133,21 @@ def _open_layer(layer: str, source: str, cache: Path) -> Iterator[tuple[Any, str
 
 @contextlib.contextmanager
 def _using(layer: str) -> Iterator[None]:
-    """Route ``open_nwb``'s remote branch through ``layer`` for the duration."""
+    """Route ``open_nwb``'s opening of a resolved remote HDF5 file through ``layer``."""
     if layer == "ours":
         yield
         return
     import nwb_llmdecode.io.sources as sources
 
-    def opener(source: str, *, cache_dir: Any = None, **_: Any) -> Any:
-        return _open_layer(layer, source, Path(cache_dir))
+    def opener(resolved: Any, *, cache_dir: Any = None, **_: Any) -> Any:
+        return _open_layer(layer, resolved, Path(cache_dir))
 
-    saved = sources._open_remote_h5
-    sources._open_remote_h5 = opener
+    saved = sources._open_blob
+    sources._open_blob = opener
     try:
         yield
     finally:
-        sources._open_remote_h5 = saved
+        sources._open_blob = saved
 
 
 # ----------------------------------------------------------------------------------------

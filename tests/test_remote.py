@@ -488,7 +488,7 @@ def test_block_cache_is_bounded_lru_and_named_by_content(tmp_path: Path) -> None
     for i in range(8, 14):
         cache.put(key, 1024, i, bytes([i]) * 1024)
         time.sleep(0.01)
-    files = list((tmp_path / "blocks-v1").rglob("*.blk"))
+    files = list((tmp_path / "blocks-v2").rglob("*.blk"))
     assert sum(f.stat().st_size for f in files) <= 10 * 1024
     assert cache.get(key, 1024, 0, expected=1024) == b"\x00" * 1024  # kept (recently used)
     assert cache.get(key, 1024, 1, expected=1024) is None  # evicted (least recently used)
