@@ -78,7 +78,7 @@ class _RenewingURL:
 
         q = parse_qs(urlsplit(self.url).query)
         if "X-Amz-Expires" in q:
-            deadline = int(q["X-Amz-Date"][0]) + int(q["X-Amz-Expires"][0])
+            deadline = float(q["X-Amz-Date"][0]) + float(q["X-Amz-Expires"][0])
             if time.time() > deadline - 0.2:
                 self.url = self.resolve(self.source).url
         return self.url

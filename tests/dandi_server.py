@@ -11,13 +11,16 @@ For tests and benchmarks of streaming (no internet needed). It serves:
 - asset records and metadata (``contentUrl``, ``digest``) by id, with and without the
   dandiset: ``…/assets/<asset id>/info/`` and ``…/assets/<asset id>/``;
 - ``…/assets/<asset id>/download/`` answering 302 to the blob URL;
-- blobs ``/blobs/<blob id>`` with ``Range`` → 206 and ``Content-Range`` (HEAD too).
+- blobs ``/blobs/<blob id>`` with ``Range`` → 206 and ``Content-Range`` (HEAD too);
+- Zarr assets (``.nwb.zarr`` directories): the asset record has ``zarr`` (no ``blob``),
+  its ``contentUrl`` names the store's root ``/zarr/<zarr id>/``, whose objects are served
+  from the directory at ``/zarr/<zarr id>/<key>`` (404 for a missing key, as S3).
 
 Embargoed dandisets need the API key on every API route (401 otherwise) and their blob
 URLs carry a signature the download redirect adds (403 without it), like presigned S3
 links. With ``url_expiry=N`` every blob URL the archive hands out is presigned and
-expires ``N`` seconds after it was signed (``X-Amz-Date``, ``X-Amz-Expires``; S3 then
-answers 403 "Request has expired"), so long reads must renew their URL through the API.
+expires ``N`` seconds after it was signed (``X-Amz-Date``, ``X-Amz-Expires``, in seconds; S3
+then answers 403 "Request has expired"), so long reads must renew their URL through the API.
 Large assets can be served from a file (memory-mapped, never read whole). The server
 counts requests and body bytes per route, records the
 ``Authorization`` header each route saw, and can be told to fail: answer a status N
@@ -71,9 +74,13 @@ class Asset:
     sha256: str
     etag: str
     embargoed: bool = False
+    zarr_id: str | None = None
+    zarr_dir: Path | None = None
 
     @property
     def size(self) -> int:
+        if self.zarr_dir is not None:
+            return sum(f.stat().st_size for f in self.zarr_dir.rglob("*") if f.is_file())
         return len(self.data)
 
 
@@ -241,6 +248,37 @@ class DandiTestServer:
                 self.add_asset(dandiset_id, a.path, a.data, version=version)
         self.dandisets[dandiset_id].published.append(version)
 
+    def add_zarr_asset(
+        self, dandiset_id: str, path: str, store: str | Path, *, version: str = "draft"
+    ) -> Asset:
+        """Serve the Zarr store directory ``store`` as Zarr asset ``path``."""
+        store = Path(store)
+        files = sorted(f for f in store.rglob("*") if f.is_file())
+        md5s = hashlib.md5()
+        for f in files:
+            md5s.update(f.relative_to(store).as_posix().encode())
+            md5s.update(hashlib.md5(f.read_bytes()).digest())
+        size = sum(f.stat().st_size for f in files)
+        checksum = f"{md5s.hexdigest()}-{len(files)}--{size}"
+        asset = Asset(
+            asset_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{dandiset_id}/{version}/{path}")),
+            dandiset_id=dandiset_id,
+            version=version,
+            path=path,
+            blob_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "blob:" + checksum)),
+            data=b"",
+            sha256="",
+            etag=checksum,
+            embargoed=self.dandisets[dandiset_id].embargoed,
+            zarr_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "zarr:" + checksum)),
+            zarr_dir=store,
+        )
+        self.assets[asset.asset_id] = asset
+        return asset
+
+    def zarr_url(self, asset: Asset) -> str:
+        return f"{self.url}/zarr/{asset.zarr_id}/"
+
     def replace_asset(self, asset: Asset, content: bytes | str | Path) -> Asset:
         """Give ``asset`` new content (a new blob, digest and ETag) under the same id and
         path, as when a file is re-uploaded to a draft."""
@@ -252,7 +290,7 @@ class DandiTestServer:
         or ``url_expiry`` is set (then it carries its signing time and lifetime)."""
         url = f"{self.url}/blobs/{asset.blob_id}"
         if self.url_expiry is not None:
-            date, expires = str(int(time.time())), str(int(self.url_expiry))
+            date, expires = f"{time.time():.3f}", f"{self.url_expiry:g}"
             sig = _sign(asset.blob_id, date, expires)
             return (
                 url
@@ -333,8 +371,8 @@ def _version_json(archive: DandiTestServer, dandiset_id: str, version: str) -> d
 def _asset_json(archive: DandiTestServer, a: Asset, metadata: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "asset_id": a.asset_id,
-        "blob": a.blob_id,
-        "zarr": None,
+        "blob": a.blob_id if a.zarr_id is None else None,
+        "zarr": a.zarr_id,
         "path": a.path,
         "size": a.size,
         "created": _NOW,
@@ -346,6 +384,21 @@ def _asset_json(archive: DandiTestServer, a: Asset, metadata: bool) -> dict[str,
 
 
 def _metadata_json(archive: DandiTestServer, a: Asset) -> dict[str, Any]:
+    if a.zarr_id is not None:
+        return {
+            "schemaKey": "Asset",
+            "schemaVersion": "0.6.7",
+            "id": f"dandiasset:{a.asset_id}",
+            "identifier": a.asset_id,
+            "path": a.path,
+            "contentSize": a.size,
+            "encodingFormat": "application/x-nwb",
+            "digest": {"dandi:dandi-zarr-checksum": a.etag},
+            "contentUrl": [
+                f"{archive.api_url}/assets/{a.asset_id}/download/",
+                archive.zarr_url(a),
+            ],
+        }
     return {
         "schemaKey": "Asset",
         "schemaVersion": "0.6.7",
@@ -476,6 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
             (r"/api/assets/([^/]+)/download/?", "download", self._download),
             (r"/api/assets/([^/]+)/?", "asset-metadata", self._asset_metadata),
             (r"/blobs/([^/]+)", "blob", self._blob),
+            (r"/zarr/([^/]+)/(.*)", "zarr", self._zarr),
         ]
         for pattern, name, fn in table:
             m = re.fullmatch(pattern, path)
@@ -630,7 +684,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _download(self, route: str, head: bool, q: dict[str, str], reset: bool, aid: str) -> None:
         if a := self._find(route, head, aid):
-            self._send(route, 302, head=head, headers={"Location": self.archive.blob_url(a)})
+            where = self.archive.zarr_url(a) if a.zarr_id else self.archive.blob_url(a)
+            self._send(route, 302, head=head, headers={"Location": where})
 
     def _download_in(
         self, route: str, head: bool, q: dict[str, str], reset: bool, did: str, ver: str, aid: str
@@ -649,7 +704,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not hmac.compare_digest(q.get("X-Amz-Signature", ""), sig):
                 self._json(route, {"detail": "AccessDenied"}, 403, head)
                 return
-            if date and time.time() > int(date) + int(expires):
+            if date and time.time() > float(date) + float(expires):
                 with archive._lock:
                     archive.expired += 1
                 self._json(route, {"detail": "AccessDenied: Request has expired"}, 403, head)
@@ -679,5 +734,28 @@ class _Handler(BaseHTTPRequestHandler):
             head=head,
             ctype="application/x-nwb",
             headers=headers,
+            reset=reset,
+        )
+
+    def _zarr(
+        self, route: str, head: bool, q: dict[str, str], reset: bool, zarr_id: str, key: str
+    ) -> None:
+        asset = next((a for a in self.archive.assets.values() if a.zarr_id == zarr_id), None)
+        root = asset.zarr_dir if asset is not None else None
+        target = (root / key).resolve() if root is not None and key else None
+        if (
+            target is None
+            or root is None
+            or not target.is_file()
+            or not target.is_relative_to(root.resolve())
+        ):
+            self._json(route, {"detail": "NoSuchKey"}, 404, head)
+            return
+        self._send(
+            route,
+            200,
+            target.read_bytes(),
+            head=head,
+            ctype="application/octet-stream",
             reset=reset,
         )

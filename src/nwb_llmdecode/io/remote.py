@@ -303,7 +303,7 @@ class _Link:
                 f"{self.resolved.source}: the asset changed while it was read (its digest is "
                 f"now {fresh.digest}); open it again"
             )
-        self.url = fresh.url
+        self.url = self.stats["url"] = fresh.url
         self.stats["renewals"] = self.stats.get("renewals", 0) + 1
         again = request.copy()
         again.prepare_url(fresh.url, None)
