@@ -20,6 +20,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -126,10 +127,12 @@ def default_output_path(source: str | os.PathLike[str], *, directory: Path | Non
     --------
     >>> default_output_path("data/sub-1_ses-2.nwb").as_posix()
     'data/sub-1_ses-2_desc-llmdecode.nwb'
+    >>> default_output_path("data/sub-1_ses-2.nwb.zarr").as_posix()
+    'data/sub-1_ses-2_desc-llmdecode.nwb'
     """
     s = str(source).rstrip("/")
     name = s.split("?")[0].rsplit("/", 1)[-1] or "session"
-    stem = name[:-4] if name.lower().endswith(".nwb") else name
+    stem = re.sub(r"\.nwb(\.zarr)?$", "", name, flags=re.IGNORECASE)  # .nwb, .nwb.zarr
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
     parent = (
         directory
@@ -761,6 +764,11 @@ def write_in_place(
     from pynwb import NWBHDF5IO
 
     source_path = Path(source_path)
+    if source_path.is_dir():
+        raise SourceError(
+            f"{source_path}: is a directory (an NWB Zarr store), results are added in place to "
+            "HDF5 NWB files only; omit --in-place to write them to a new .nwb file"
+        )
     with h5py.File(source_path, "r") as f:
         has = f"processing/{RESULTS_MODULE}" in f
     if has and not overwrite:
