@@ -1,14 +1,16 @@
 """Streaming NWB from a DANDI archive: a real HTTP server speaking the DANDI API
-(tests/dandi_server.py), the real dandi client, h5py and pynwb; no network beyond
+(tests/dandi_server.py), the real dandi client, remfile, h5py and pynwb; no network beyond
 127.0.0.1."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -72,6 +74,21 @@ def archive(big_nwb: Path, small_nwb: Path) -> DandiTestServer:
         server.add_dandiset(EMBARGOED, embargoed=True)
         server.add_asset(EMBARGOED, "sub-x/sub-x_ophys.nwb", small_nwb)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_collection_in_server_threads() -> Iterator[None]:
+    """The test archive serves from threads of this process. A garbage collection that
+    runs in one of them and frees an h5py object waits for h5py's global lock, which the
+    reading thread holds while it waits for that server's answer: a deadlock of the
+    in-process server (a real archive is another process). No automatic collection
+    during a test, then a full one."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)
@@ -611,8 +628,11 @@ def test_a_long_load_outlives_its_link(
 ) -> None:
     """load_session on a link that expires while it reads returns the whole session."""
     archive.url_expiry = 1.0
-    archive.latency = 0.08  # ~20 blob requests: the read lasts longer than the link
+    # each blob answer waits 0.25 s, so a read of 8 range requests or more lasts at least
+    # 2 s: longer than the link, whatever the machine's speed
+    archive.delay("blob", 0.25)
     remote = load_session(f"DANDI:{DANDISET}/draft/{PATH}", cache_dir=tmp_path / "c")
+    assert archive.requests["blob"] >= 8
     assert archive.expired >= 1
     _same(remote, load_session(big_nwb))
 

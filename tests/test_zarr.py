@@ -5,7 +5,9 @@ DANDI test server (tests/dandi_server.py)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -50,6 +52,21 @@ def archive(store: Path) -> DandiTestServer:
         server.add_dandiset(DANDISET)
         server.add_zarr_asset(DANDISET, ZPATH, store)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_collection_in_server_threads() -> Iterator[None]:
+    """The test archive serves from threads of this process. A garbage collection that
+    runs in one of them and frees an h5py object waits for h5py's global lock, which the
+    reading thread holds while it waits for that server's answer: a deadlock of the
+    in-process server (a real archive is another process). No automatic collection
+    during a test, then a full one."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)
@@ -208,6 +225,11 @@ def test_a_streamed_store_is_read_like_the_local_one(
     )
     with open_nwb(source) as src:
         assert src.is_remote and src.backend == "zarr"
+    # the store's URL itself (no DANDI API): a plain https URL ending in .zarr/ is a store
+    plain = archive.zarr_url(next(iter(archive.assets.values())))
+    archive.reset_counts()
+    _same(load_session(plain), load_session(hdf5))
+    assert archive.requests["dandiset"] == archive.requests["asset-metadata"] == 0
 
 
 def test_a_streamed_store_retries_by_the_same_policy(archive: DandiTestServer, hdf5: Path) -> None:
@@ -223,3 +245,25 @@ def test_a_streamed_store_retries_by_the_same_policy(archive: DandiTestServer, h
     assert "\n" not in text and "HTTP 502" in text and "gave up after 3 tries" in text
     assert archive.zarr_url(next(iter(archive.assets.values()))) in text
     assert archive.requests["zarr"] == 3  # NWB_LLMDECODE_RETRIES=2: three tries, no more
+
+
+def test_the_command_line_inspects_a_local_and_a_streamed_store(
+    archive: DandiTestServer, store: Path
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for source in (str(store), f"DANDI:{DANDISET}/draft/{ZPATH}"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "nwb_llmdecode.cli", "inspect", "--json", source],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert info["roi_series"] == inspect_source(store)["roi_series"]

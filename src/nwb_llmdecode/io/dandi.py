@@ -69,6 +69,8 @@ _LS_SPEC = re.compile(
 )
 _EXTRA_HOSTS = ("identifiers.org", "gui.dandiarchive.org", "gui-staging.dandiarchive.org")
 _MAX_LISTED = 20000  # assets scanned for near matches of an unknown path
+#: Paths of plain URLs that name a Zarr store: ``….zarr/`` or DANDI's ``/zarr/<uuid>/``.
+_ZARR_URL = re.compile(r"(\.zarr|/zarr/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})/?$", re.I)
 
 
 # ----------------------------------------------------------------------------------------
@@ -408,7 +410,7 @@ def _zarr_url(metadata: dict[str, Any], source: str, path: str) -> str:
     """The URL of a Zarr asset's store root, from its ``contentUrl`` list."""
     urls = metadata.get("contentUrl") or []
     for url in urls:
-        if re.search(r"/zarr/[^/]+/?$", urlsplit(url).path):
+        if _ZARR_URL.search(urlsplit(url).path) and "/api/" not in url:
             return url.rstrip("/") + "/"
     raise RemoteError(
         f"{source}: the archive gives no URL of the Zarr store of {path} (contentUrl: "
@@ -459,7 +461,8 @@ def resolve_source(
                 f"{source}: not a URL or DANDI identifier; give an https:// URL of an NWB "
                 "file, DANDI:<dandiset>/<version>/<path> or a local path"
             )
-        return ResolvedSource(source=source, url=source)
+        zarr = _ZARR_URL.search(urlsplit(source).path)
+        return ResolvedSource(source=source, url=source, kind="zarr" if zarr else "hdf5")
     with _quiet_dandi_logs(), _api_errors(source, "the DANDI API"):
         parsed = _parse(source, opts, stats)
         api = parsed.instance.api

@@ -1,4 +1,4 @@
-"""Open a resolved remote source: HDF5 through remfile, Zarr through zarr's HTTP store.
+"""Open a resolved remote HDF5 file: remfile for the bytes, our session and block cache.
 
 The file object h5py reads an HDF5 NWB file through is :class:`remfile.File` (the
 DANDI/neurosift authors' reader, which the pynwb streaming tutorial recommends): it
@@ -14,8 +14,9 @@ client this module used to be and with fsspec. What this module adds to it:
 - its chunks are kept in :class:`BlockCache`, a size-bounded disk cache that verifies a
   checksum of every block it returns and is keyed on the asset's content digest.
 
-Zarr NWB stores (``.nwb.zarr``) are read with hdmf-zarr's ``NWBZarrIO`` over zarr's
-fsspec HTTP store, with the same timeout and the same retry policy.
+(Remote Zarr NWB stores are opened by :func:`nwb_llmdecode.io.sources.open_nwb` with
+hdmf-zarr over fsspec's HTTP, given the same policy by
+:func:`nwb_llmdecode.io.http.zarr_storage_options`.)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import requests
 from ..errors import ConfigError, LLMDecodeError, RemoteError, SourceError
 from .http import RemoteOptions, ResolvedSource, Stats, default_cache_dir, make_session
 
-__all__ = ["BlockCache", "open_remote_h5", "open_remote_zarr"]
+__all__ = ["BlockCache", "open_remote_h5"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class BlockCache:
     >>> cache.put(key, 4096, 0, b"x" * 4096)
     >>> cache.get(key, 4096, 0, expected=4096) == b"x" * 4096
     True
+    >>> cache.close()
     """
 
     def __init__(self, root: str | os.PathLike[str], *, max_bytes: int) -> None:
@@ -115,7 +117,9 @@ class BlockCache:
             ) from exc
 
     def close(self) -> None:
+        """Close the index (blocks stay on disk)."""
         with contextlib.suppress(sqlite3.Error):
+            self._db.commit()
             self._db.close()
 
     def _path(self, key: str, block_size: int, index: int) -> Path:
@@ -143,11 +147,19 @@ class BlockCache:
             log.warning("block cache %s: %s is damaged; fetching it again", self.root, path.name)
             self._forget(key, block_size, index, path)
             return None
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.execute(
+        with self._lock, contextlib.suppress(sqlite3.Error), self._db:  # commit: no lock held
+            cur = self._db.execute(
                 "UPDATE blocks SET used = ? WHERE key = ? AND bs = ? AND idx = ?",
                 (time.time(), key, block_size, index),
             )
+            if cur.rowcount == 0:  # a block the index lost (e.g. it was deleted): count it
+                self._db.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
+                    (key, block_size, index, len(raw), time.time()),
+                )
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE name = 'total'", (len(raw),)
+                )
         return data
 
     def _forget(self, key: str, block_size: int, index: int, path: Path) -> None:
@@ -527,39 +539,3 @@ def open_remote_h5(
         session.close()
         if cache is not None:
             cache.close()
-
-
-# ----------------------------------------------------------------------------------------
-# Zarr stores
-# ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def open_remote_zarr(
-    resolved: ResolvedSource,
-    *,
-    options: RemoteOptions | None = None,
-    stats: Stats | None = None,
-) -> Iterator[tuple[Any, Stats]]:
-    """Open a remote Zarr NWB store read-only with hdmf-zarr's ``NWBZarrIO``.
-
-    Zarr reads each object (metadata, chunk) with its own request through zarr's fsspec
-    HTTP store; consolidated metadata (``.zmetadata``) means the tree is never listed.
-
-    Yields
-    ------
-    (hdmf_zarr.nwb.NWBZarrIO, dict)
-        The open reader (call ``read()``) and the transfer statistics.
-    """
-    from .http import zarr_storage_options
-
-    opts = options or RemoteOptions.from_env()
-    stats = _new_stats(resolved, opts, stats)
-    from hdmf_zarr.nwb import NWBZarrIO
-
-    url = resolved.url.rstrip("/")
-    io = NWBZarrIO(url, mode="r", storage_options=zarr_storage_options(opts, stats))
-    try:
-        yield io, stats
-    finally:
-        io.close()

@@ -15,13 +15,15 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceError
-from .http import RemoteOptions, ResolvedSource, Stats
+
+if TYPE_CHECKING:  # io.http imports requests: only when a remote source is opened
+    from .http import RemoteOptions, ResolvedSource, Stats
 
 __all__ = ["NWBSource", "is_remote", "is_zarr_store", "open_nwb", "source_label"]
 
@@ -199,7 +201,7 @@ def _open_blob(
     *,
     cache_dir: str | os.PathLike[str] | None,
     options: RemoteOptions,
-    renew: Any,
+    renew: Callable[[], ResolvedSource] | None,
     stats: Stats,
 ) -> Iterator[tuple[Any, Stats]]:
     """(h5py.File, stats) of a resolved remote HDF5 file (the benchmark swaps layers here)."""
@@ -217,7 +219,7 @@ def _open_remote(
 ) -> Iterator[tuple[Any, str, Stats, str]]:
     """Resolve ``source``, then open it: (NWBFile, url, stats, backend)."""
     from .dandi import resolve_source
-    from .http import zarr_storage_options
+    from .http import RemoteOptions, zarr_storage_options
 
     opts = RemoteOptions.from_env()
     stats: Stats = {"api_requests": 0}
