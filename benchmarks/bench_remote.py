@@ -32,6 +32,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bench_remote.py                # all cases (~8 min)
     .venv/bin/python benchmarks/bench_remote.py --no-big       # without the 1 GB asset
+    .venv/bin/python benchmarks/bench_remote.py --expiry-only  # the expiring URL only
 
 Prints Markdown tables (recorded in ``benchmarks/REMOTE.md``).
 """
@@ -279,9 +280,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bandwidth", type=float, default=20e6, help="bytes/s")
     parser.add_argument("--latencies", default="0.02,0.08", help="seconds per request")
-    parser.add_argument("--expiry", type=float, default=1.0, help="URL lifetime, seconds")
+    parser.add_argument("--expiry", type=float, default=0.5, help="URL lifetime, seconds")
     parser.add_argument("--no-big", action="store_true", help="skip the 1 GB asset")
     parser.add_argument("--no-fit", action="store_true", help="skip the fit cases")
+    parser.add_argument("--expiry-only", action="store_true", help="only the expiring-URL case")
     parser.add_argument(
         "--work",
         type=Path,
@@ -296,7 +298,11 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     nwb = _session(args.work / "session-114MB.nwb", frames=3000, rois=300)
-    big = None if args.no_big else _session(args.work / "session-1GB.nwb", frames=8500, rois=1000)
+    big = (
+        None
+        if args.no_big or args.expiry_only
+        else _session(args.work / "session-1GB.nwb", frames=8500, rois=1000)
+    )
     fit_nwb = _session(args.work / "session-23MB.nwb", frames=1200, rois=150)
     size = nwb.stat().st_size
     runs = Path(tempfile.mkdtemp(prefix="runs-", dir=args.work))
@@ -321,7 +327,8 @@ def main() -> None:
         ]
         if not args.no_fit:
             cases += [("cold fit ridge (23 MB)", "fit"), ("warm fit ridge (23 MB)", "fit")]
-        for latency in (float(x) for x in args.latencies.split(",")):
+        latencies = [] if args.expiry_only else [float(x) for x in args.latencies.split(",")]
+        for latency in latencies:
             archive.latency = latency
             rows = _run_cases(
                 archive,
@@ -339,7 +346,7 @@ def main() -> None:
                     size,
                 )
             )
-        if big is not None:
+        if big is not None and not args.expiry_only:
             archive.latency = 0.02
             rows = _run_cases(
                 archive,

@@ -296,7 +296,6 @@ class _Link:
         self.url = resolved.url
         self.renew = renew
         self.stats = stats
-        self.size: int | None = resolved.size
 
     def get_url(self) -> str:
         return self.url
