@@ -22,7 +22,8 @@ from dandi_server import Asset, DandiTestServer
 from nwb_llmdecode import inspect_source, load_session
 from nwb_llmdecode.errors import ConfigError, RemoteError, SourceError
 from nwb_llmdecode.io.dandi import list_assets, resolve_source
-from nwb_llmdecode.io.remote import BlockCache, RemoteOptions
+from nwb_llmdecode.io.http import RemoteOptions
+from nwb_llmdecode.io.remote import BlockCache
 from nwb_llmdecode.io.sources import is_remote, open_nwb
 from nwb_llmdecode.synthetic import make_session
 
@@ -680,3 +681,20 @@ def test_api_failures_are_retried_by_one_policy_only(archive: DandiTestServer) -
     text = _one_line(exc)
     assert "HTTP 503" in text and "gave up after 3 tries" in text
     assert archive.requests["assets"] == 3
+
+
+def test_cache_off_reads_from_the_blob_every_time(
+    archive: DandiTestServer, big_nwb: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NWB_LLMDECODE_CACHE", "off")
+    source = f"DANDI:{DANDISET}/draft/{PATH}"
+    local = load_session(big_nwb)
+    with open_nwb(source) as src:
+        assert src.stats["cache_dir"] is None
+    archive.reset_counts()
+    _same(load_session(source), local)
+    first = archive.blob_bytes
+    archive.reset_counts()
+    _same(load_session(source), local)
+    assert first > 0 and archive.blob_bytes == first  # nothing was kept
+    assert not (tmp_path / "default-cache").exists()

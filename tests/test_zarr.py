@@ -141,9 +141,18 @@ def test_fit_on_a_store_writes_hdf5_results_equal_to_those_of_the_hdf5_file(
     ):
         zmod, hmod = z.read().processing["llmdecode"], h.read().processing["llmdecode"]
         assert sorted(zmod.data_interfaces) == sorted(hmod.data_interfaces)
-        for name, obj in hmod.data_interfaces.items():
-            if hasattr(obj, "data") and not hasattr(obj, "columns"):
-                np.testing.assert_array_equal(zmod[name].data[:], obj.data[:])
+        # a deterministic ridge fit: the same predictions and metrics from either store
+        zpred, hpred = zmod["predictions"].time_series, hmod["predictions"].time_series
+        assert sorted(zpred) == sorted(hpred) and hpred
+        for name, ts in hpred.items():
+            np.testing.assert_array_equal(zpred[name].data[:], ts.data[:])
+            assert (zpred[name].rate, zpred[name].starting_time) == (ts.rate, ts.starting_time)
+        zmet, hmet = (
+            zmod["decoding_metrics"].to_dataframe(),
+            hmod["decoding_metrics"].to_dataframe(),
+        )
+        assert len(hmet) > 0
+        assert zmet.equals(hmet)
 
 
 def test_in_place_on_a_store_is_refused_and_leaves_it_untouched(
