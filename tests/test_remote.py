@@ -698,3 +698,27 @@ def test_cache_off_reads_from_the_blob_every_time(
     _same(load_session(source), local)
     assert first > 0 and archive.blob_bytes == first  # nothing was kept
     assert not (tmp_path / "default-cache").exists()
+
+
+def test_the_streaming_modules_import_one_way() -> None:
+    """HTTP policy in io/http.py, resolving in io/dandi.py, opening in io/remote.py,
+    "resolve, then open" in io/sources.py: the arrows run sources -> dandi/remote -> http,
+    never back (also not inside functions)."""
+    import ast
+
+    import nwb_llmdecode.io as io_pkg
+
+    root = Path(io_pkg.__file__).parent
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+
+    assert imports("http").isdisjoint({"dandi", "remote", "sources"})
+    assert imports("dandi").isdisjoint({"remote", "sources"})
+    assert imports("remote").isdisjoint({"dandi", "sources"})
+    assert {"dandi", "remote", "http"} <= imports("sources")
