@@ -11,11 +11,18 @@ For tests and benchmarks of streaming (no internet needed). It serves:
 - asset records and metadata (``contentUrl``, ``digest``) by id, with and without the
   dandiset: ``…/assets/<asset id>/info/`` and ``…/assets/<asset id>/``;
 - ``…/assets/<asset id>/download/`` answering 302 to the blob URL;
-- blobs ``/blobs/<blob id>`` with ``Range`` → 206 and ``Content-Range`` (HEAD too).
+- blobs ``/blobs/<blob id>`` with ``Range`` → 206 and ``Content-Range`` (HEAD too);
+- Zarr assets (``.nwb.zarr`` directories): the asset record has ``zarr`` (no ``blob``),
+  its ``contentUrl`` names the store's root ``/zarr/<zarr id>/``, whose objects are served
+  from the directory at ``/zarr/<zarr id>/<key>`` (404 for a missing key, as S3).
 
 Embargoed dandisets need the API key on every API route (401 otherwise) and their blob
 URLs carry a signature the download redirect adds (403 without it), like presigned S3
-links. The server counts requests and body bytes per route, records the
+links. With ``url_expiry=N`` every blob URL the archive hands out is presigned and
+expires ``N`` seconds after it was signed (``X-Amz-Date``, ``X-Amz-Expires``, in seconds; S3
+then answers 403 "Request has expired"), so long reads must renew their URL through the API.
+Large assets can be served from a file (memory-mapped, never read whole). The server
+counts requests and body bytes per route, records the
 ``Authorization`` header each route saw, and can be told to fail: answer a status N
 times, reset connections, delay answers, ignore ``Range``, or throttle bandwidth and add
 latency to every request.
@@ -34,9 +41,11 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import mmap
 import re
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,13 +70,17 @@ class Asset:
     version: str
     path: str
     blob_id: str
-    data: bytes
+    data: bytes | mmap.mmap
     sha256: str
     etag: str
     embargoed: bool = False
+    zarr_id: str | None = None
+    zarr_dir: Path | None = None
 
     @property
     def size(self) -> int:
+        if self.zarr_dir is not None:
+            return sum(f.stat().st_size for f in self.zarr_dir.rglob("*") if f.is_file())
         return len(self.data)
 
 
@@ -91,7 +104,12 @@ class _Dandiset:
     published: list[str] = field(default_factory=list)
 
 
-def _etag(data: bytes) -> str:
+def _sign(blob_id: str, date: str = "", expires: str = "") -> str:
+    text = blob_id if not date else f"{blob_id}|{date}|{expires}"
+    return hmac.new(_SECRET, text.encode(), "sha256").hexdigest()
+
+
+def _etag(data: bytes | mmap.mmap) -> str:
     """A DANDI-style multipart ETag (md5 of the part md5s, ``-<parts>``)."""
     part = 64 * 1024 * 1024
     md5s = [hashlib.md5(data[i : i + part]).digest() for i in range(0, max(len(data), 1), part)]
@@ -111,6 +129,8 @@ class DandiTestServer:
         Bytes per second of every response body (``None``: unthrottled).
     latency
         Seconds added before every answer.
+    url_expiry
+        When set, blob URLs are presigned and expire this many seconds after signing.
     """
 
     def __init__(
@@ -120,8 +140,10 @@ class DandiTestServer:
         api_key: str = "secret-key-123",
         bandwidth: float | None = None,
         latency: float = 0.0,
+        url_expiry: float | None = None,
     ) -> None:
         self.page_size = page_size
+        self.url_expiry = url_expiry
         self.api_key = api_key
         self.bandwidth = bandwidth
         self.latency = latency
@@ -132,9 +154,11 @@ class DandiTestServer:
         self.bytes_served: Counter[str] = Counter()
         self.auth_seen: list[tuple[str, str | None]] = []
         self.ranges: list[tuple[int, int]] = []
+        self.expired = 0  # blob requests refused because their presigned URL had expired
         self.faults: dict[str, Fault] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._maps: list[tuple[Any, mmap.mmap]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -159,6 +183,10 @@ class DandiTestServer:
             self._httpd = None
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for fh, mm in self._maps:
+            mm.close()
+            fh.close()
+        self._maps.clear()
 
     def __enter__(self) -> DandiTestServer:
         return self.start()
@@ -180,10 +208,24 @@ class DandiTestServer:
         self.dandisets[identifier] = _Dandiset(identifier, embargoed=embargoed)
 
     def add_asset(
-        self, dandiset_id: str, path: str, content: bytes | str | Path, *, version: str = "draft"
+        self,
+        dandiset_id: str,
+        path: str,
+        content: bytes | mmap.mmap | str | Path,
+        *,
+        version: str = "draft",
     ) -> Asset:
-        """Serve ``content`` (bytes or a file) as asset ``path`` of a dandiset version."""
-        data = content if isinstance(content, bytes) else Path(content).read_bytes()
+        """Serve ``content`` (bytes or a file) as asset ``path`` of a dandiset version.
+
+        A file is memory-mapped, so assets of any size are served without reading them
+        into memory.
+        """
+        if isinstance(content, bytes | mmap.mmap):
+            data: bytes | mmap.mmap = content
+        else:
+            fh = open(content, "rb")  # closed in stop()
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps.append((fh, data))
         sha = hashlib.sha256(data).hexdigest()
         asset = Asset(
             asset_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{dandiset_id}/{version}/{path}")),
@@ -206,11 +248,57 @@ class DandiTestServer:
                 self.add_asset(dandiset_id, a.path, a.data, version=version)
         self.dandisets[dandiset_id].published.append(version)
 
+    def add_zarr_asset(
+        self, dandiset_id: str, path: str, store: str | Path, *, version: str = "draft"
+    ) -> Asset:
+        """Serve the Zarr store directory ``store`` as Zarr asset ``path``."""
+        store = Path(store)
+        files = sorted(f for f in store.rglob("*") if f.is_file())
+        md5s = hashlib.md5()
+        for f in files:
+            md5s.update(f.relative_to(store).as_posix().encode())
+            md5s.update(hashlib.md5(f.read_bytes()).digest())
+        size = sum(f.stat().st_size for f in files)
+        checksum = f"{md5s.hexdigest()}-{len(files)}--{size}"
+        asset = Asset(
+            asset_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{dandiset_id}/{version}/{path}")),
+            dandiset_id=dandiset_id,
+            version=version,
+            path=path,
+            blob_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "blob:" + checksum)),
+            data=b"",
+            sha256="",
+            etag=checksum,
+            embargoed=self.dandisets[dandiset_id].embargoed,
+            zarr_id=str(uuid.uuid5(uuid.NAMESPACE_URL, "zarr:" + checksum)),
+            zarr_dir=store,
+        )
+        self.assets[asset.asset_id] = asset
+        return asset
+
+    def zarr_url(self, asset: Asset) -> str:
+        return f"{self.url}/zarr/{asset.zarr_id}/"
+
+    def replace_asset(self, asset: Asset, content: bytes | str | Path) -> Asset:
+        """Give ``asset`` new content (a new blob, digest and ETag) under the same id and
+        path, as when a file is re-uploaded to a draft."""
+        new = self.add_asset(asset.dandiset_id, asset.path, content, version=asset.version)
+        return new
+
     def blob_url(self, asset: Asset) -> str:
+        """The URL the download redirect sends to: presigned when the asset is embargoed
+        or ``url_expiry`` is set (then it carries its signing time and lifetime)."""
         url = f"{self.url}/blobs/{asset.blob_id}"
+        if self.url_expiry is not None:
+            date, expires = f"{time.time():.3f}", f"{self.url_expiry:g}"
+            sig = _sign(asset.blob_id, date, expires)
+            return (
+                url
+                + "?"
+                + urlencode({"X-Amz-Date": date, "X-Amz-Expires": expires, "X-Amz-Signature": sig})
+            )
         if asset.embargoed:
-            sig = hmac.new(_SECRET, asset.blob_id.encode(), "sha256").hexdigest()
-            url += f"?X-Amz-Signature={sig}"
+            url += f"?X-Amz-Signature={_sign(asset.blob_id)}"
         return url
 
     # -- faults and counters ----------------------------------------------------------
@@ -234,6 +322,7 @@ class DandiTestServer:
         self.ignore_range = False
         self.bandwidth = None
         self.latency = 0.0
+        self.url_expiry = None
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -242,6 +331,7 @@ class DandiTestServer:
             self.bytes_served.clear()
             self.auth_seen.clear()
             self.ranges.clear()
+            self.expired = 0
 
     @property
     def blob_bytes(self) -> int:
@@ -281,8 +371,8 @@ def _version_json(archive: DandiTestServer, dandiset_id: str, version: str) -> d
 def _asset_json(archive: DandiTestServer, a: Asset, metadata: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "asset_id": a.asset_id,
-        "blob": a.blob_id,
-        "zarr": None,
+        "blob": a.blob_id if a.zarr_id is None else None,
+        "zarr": a.zarr_id,
         "path": a.path,
         "size": a.size,
         "created": _NOW,
@@ -294,6 +384,21 @@ def _asset_json(archive: DandiTestServer, a: Asset, metadata: bool) -> dict[str,
 
 
 def _metadata_json(archive: DandiTestServer, a: Asset) -> dict[str, Any]:
+    if a.zarr_id is not None:
+        return {
+            "schemaKey": "Asset",
+            "schemaVersion": "0.6.7",
+            "id": f"dandiasset:{a.asset_id}",
+            "identifier": a.asset_id,
+            "path": a.path,
+            "contentSize": a.size,
+            "encodingFormat": "application/x-nwb",
+            "digest": {"dandi:dandi-zarr-checksum": a.etag},
+            "contentUrl": [
+                f"{archive.api_url}/assets/{a.asset_id}/download/",
+                archive.zarr_url(a),
+            ],
+        }
     return {
         "schemaKey": "Asset",
         "schemaVersion": "0.6.7",
@@ -424,6 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
             (r"/api/assets/([^/]+)/download/?", "download", self._download),
             (r"/api/assets/([^/]+)/?", "asset-metadata", self._asset_metadata),
             (r"/blobs/([^/]+)", "blob", self._blob),
+            (r"/zarr/([^/]+)/(.*)", "zarr", self._zarr),
         ]
         for pattern, name, fn in table:
             m = re.fullmatch(pattern, path)
@@ -578,7 +684,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _download(self, route: str, head: bool, q: dict[str, str], reset: bool, aid: str) -> None:
         if a := self._find(route, head, aid):
-            self._send(route, 302, head=head, headers={"Location": self.archive.blob_url(a)})
+            where = self.archive.zarr_url(a) if a.zarr_id else self.archive.blob_url(a)
+            self._send(route, 302, head=head, headers={"Location": where})
 
     def _download_in(
         self, route: str, head: bool, q: dict[str, str], reset: bool, did: str, ver: str, aid: str
@@ -591,10 +698,16 @@ class _Handler(BaseHTTPRequestHandler):
         if asset is None:
             self._json(route, {"detail": "NoSuchKey"}, 404, head)
             return
-        if asset.embargoed:
-            sig = hmac.new(_SECRET, blob_id.encode(), "sha256").hexdigest()
+        if asset.embargoed or archive.url_expiry is not None or "X-Amz-Signature" in q:
+            date, expires = q.get("X-Amz-Date", ""), q.get("X-Amz-Expires", "")
+            sig = _sign(blob_id, date, expires)
             if not hmac.compare_digest(q.get("X-Amz-Signature", ""), sig):
                 self._json(route, {"detail": "AccessDenied"}, 403, head)
+                return
+            if date and time.time() > float(date) + float(expires):
+                with archive._lock:
+                    archive.expired += 1
+                self._json(route, {"detail": "AccessDenied: Request has expired"}, 403, head)
                 return
         data = asset.data
         headers = {"ETag": f'"{asset.etag}"', "Accept-Ranges": "bytes"}
@@ -621,5 +734,28 @@ class _Handler(BaseHTTPRequestHandler):
             head=head,
             ctype="application/x-nwb",
             headers=headers,
+            reset=reset,
+        )
+
+    def _zarr(
+        self, route: str, head: bool, q: dict[str, str], reset: bool, zarr_id: str, key: str
+    ) -> None:
+        asset = next((a for a in self.archive.assets.values() if a.zarr_id == zarr_id), None)
+        root = asset.zarr_dir if asset is not None else None
+        target = (root / key).resolve() if root is not None and key else None
+        if (
+            target is None
+            or root is None
+            or not target.is_file()
+            or not target.is_relative_to(root.resolve())
+        ):
+            self._json(route, {"detail": "NoSuchKey"}, 404, head)
+            return
+        self._send(
+            route,
+            200,
+            target.read_bytes(),
+            head=head,
+            ctype="application/octet-stream",
             reset=reset,
         )

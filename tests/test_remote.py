@@ -1,14 +1,16 @@
 """Streaming NWB from a DANDI archive: a real HTTP server speaking the DANDI API
-(tests/dandi_server.py), the real dandi client, h5py and pynwb; no network beyond
+(tests/dandi_server.py), the real dandi client, remfile, h5py and pynwb; no network beyond
 127.0.0.1."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -20,7 +22,8 @@ from dandi_server import Asset, DandiTestServer
 from nwb_llmdecode import inspect_source, load_session
 from nwb_llmdecode.errors import ConfigError, RemoteError, SourceError
 from nwb_llmdecode.io.dandi import list_assets, resolve_source
-from nwb_llmdecode.io.remote import BlockCache, RemoteOptions
+from nwb_llmdecode.io.http import RemoteOptions
+from nwb_llmdecode.io.remote import BlockCache
 from nwb_llmdecode.io.sources import is_remote, open_nwb
 from nwb_llmdecode.synthetic import make_session
 
@@ -72,6 +75,21 @@ def archive(big_nwb: Path, small_nwb: Path) -> DandiTestServer:
         server.add_dandiset(EMBARGOED, embargoed=True)
         server.add_asset(EMBARGOED, "sub-x/sub-x_ophys.nwb", small_nwb)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_collection_in_server_threads() -> Iterator[None]:
+    """The test archive serves from threads of this process. A garbage collection that
+    runs in one of them and frees an h5py object waits for h5py's global lock, which the
+    reading thread holds while it waits for that server's answer: a deadlock of the
+    in-process server (a real archive is another process). No automatic collection
+    during a test, then a full one."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)
@@ -478,8 +496,18 @@ def test_embargoed_asset_needs_the_api_key_which_stays_with_the_api(
 # ----------------------------------------------------------------------------------------
 
 
-def test_block_cache_is_bounded_lru_and_named_by_content(tmp_path: Path) -> None:
+def test_block_cache_is_bounded_lru_and_named_by_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_walk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cache walked the tree")
+
     cache = BlockCache(tmp_path, max_bytes=10 * 1024)
+    # writes and evictions keep to the index: no listing of the cache's directories
+    for name in ("walk", "scandir", "listdir"):
+        monkeypatch.setattr(os, name, no_walk)
+    monkeypatch.setattr(Path, "rglob", no_walk)
+    monkeypatch.setattr(Path, "iterdir", no_walk)
     key = hashlib.sha256(b"an asset digest").hexdigest()
     for i in range(8):
         cache.put(key, 1024, i, bytes([i]) * 1024)
@@ -488,8 +516,10 @@ def test_block_cache_is_bounded_lru_and_named_by_content(tmp_path: Path) -> None
     for i in range(8, 14):
         cache.put(key, 1024, i, bytes([i]) * 1024)
         time.sleep(0.01)
-    files = list((tmp_path / "blocks-v1").rglob("*.blk"))
+    monkeypatch.undo()
+    files = list((tmp_path / "blocks-v2").rglob("*.blk"))
     assert sum(f.stat().st_size for f in files) <= 10 * 1024
+    assert cache.total() == sum(f.stat().st_size for f in files)
     assert cache.get(key, 1024, 0, expected=1024) == b"\x00" * 1024  # kept (recently used)
     assert cache.get(key, 1024, 1, expected=1024) is None  # evicted (least recently used)
     assert cache.get(key, 1024, 13, expected=1024) == bytes([13]) * 1024
@@ -517,3 +547,178 @@ def test_bad_settings_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None
         RemoteOptions.from_env()
     with pytest.raises(ConfigError, match="retries must be >= 0"):
         RemoteOptions(retries=-1)
+
+
+def test_a_damaged_block_is_not_trusted(tmp_path: Path) -> None:
+    cache = BlockCache(tmp_path, max_bytes=1 << 20)
+    key = hashlib.sha256(b"an asset digest").hexdigest()
+    cache.put(key, 1024, 0, b"a" * 1024)
+    (path,) = (tmp_path / "blocks-v2").rglob("*.blk")
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # same length, one bit pattern changed
+    path.write_bytes(bytes(raw))
+    assert cache.get(key, 1024, 0, expected=1024) is None
+    assert not path.exists() and cache.total() == 0
+
+
+def test_corrupted_cached_blocks_are_fetched_again(
+    archive: DandiTestServer, big_nwb: Path, tmp_path: Path
+) -> None:
+    """Blocks of the right length but wrong content (a disk fault, a foreign write) are
+    refetched; the session read is still the file's."""
+    source = f"DANDI:{DANDISET}/draft/{PATH}"
+    local = load_session(big_nwb)
+    load_session(source, cache_dir=tmp_path / "c")
+    blocks = sorted((tmp_path / "c").rglob("*.blk"))
+    assert blocks
+    for path in blocks:  # zero the content, keep the length (and the stored checksum)
+        raw = path.read_bytes()
+        path.write_bytes(raw[:16] + bytes(len(raw) - 16))
+    archive.reset_counts()
+    again = load_session(source, cache_dir=tmp_path / "c")
+    _same(again, local)
+    assert archive.requests["blob"] > 0  # refetched, not trusted
+    # and the refetched blocks are good again: a third load reads nothing from the blob
+    archive.reset_counts()
+    _same(load_session(source, cache_dir=tmp_path / "c"), local)
+    assert archive.requests["blob"] == 0
+
+
+def test_a_changed_asset_never_meets_its_old_blocks(
+    archive: DandiTestServer, big_nwb: Path, small_nwb: Path, tmp_path: Path
+) -> None:
+    """The cache is keyed on the asset's digest from the API: the same identifier with
+    new content (a re-uploaded draft asset) reads the new content only."""
+    path = "sub-fish03/sub-fish03_ses-01_ophys.nwb"
+    asset = archive.add_asset(DANDISET, path, big_nwb)
+    source = f"DANDI:{DANDISET}/draft/{path}"
+    cache = tmp_path / "c"
+    _same(load_session(source, cache_dir=cache), load_session(big_nwb))
+    archive.replace_asset(asset, small_nwb)
+    archive.reset_counts()
+    _same(load_session(source, cache_dir=cache), load_session(small_nwb))
+    assert archive.requests["blob"] > 0
+    del archive.assets[asset.asset_id]
+
+
+# ----------------------------------------------------------------------------------------
+# expiring links
+# ----------------------------------------------------------------------------------------
+
+
+def test_an_expired_link_is_renewed_through_the_api_and_the_read_goes_on(
+    archive: DandiTestServer, big_nwb: Path, tmp_path: Path
+) -> None:
+    archive.url_expiry = 1.0
+    with h5py.File(big_nwb, "r") as f:
+        want = f["processing/ophys/DfOverF/RoiResponseSeries_plane0/data"][:]
+    with open_nwb(f"DANDI:{DANDISET}/draft/{PATH}", cache_dir=tmp_path / "c") as src:
+        first_url = src.stats["url"]
+        time.sleep(1.5)  # the presigned URL has expired; nothing of the traces is read yet
+        series = src.nwbfile.processing["ophys"]["DfOverF"]["RoiResponseSeries_plane0"]
+        data = series.data[:]
+        assert archive.expired >= 1  # the blob store refused the old link...
+        assert src.stats["renewals"] >= 1  # ...which was renewed through the API
+        assert src.stats["url"] != first_url
+    np.testing.assert_array_equal(data, want)
+    assert archive.requests["download"] >= 2
+
+
+def test_a_long_load_outlives_its_link(
+    archive: DandiTestServer, big_nwb: Path, tmp_path: Path
+) -> None:
+    """load_session on a link that expires while it reads returns the whole session."""
+    archive.url_expiry = 1.0
+    # each blob answer waits 0.25 s, so a read of 8 range requests or more lasts at least
+    # 2 s: longer than the link, whatever the machine's speed
+    archive.delay("blob", 0.25)
+    remote = load_session(f"DANDI:{DANDISET}/draft/{PATH}", cache_dir=tmp_path / "c")
+    assert archive.requests["blob"] >= 8
+    assert archive.expired >= 1
+    _same(remote, load_session(big_nwb))
+
+
+def test_an_asset_changed_under_an_expired_link_is_an_error(
+    archive: DandiTestServer, big_nwb: Path, small_nwb: Path, tmp_path: Path
+) -> None:
+    path = "sub-fish03/sub-fish03_ses-02_ophys.nwb"
+    asset = archive.add_asset(DANDISET, path, big_nwb)
+    archive.url_expiry = 1.0
+    try:
+        with open_nwb(f"DANDI:{DANDISET}/draft/{path}", cache_dir=tmp_path / "c") as src:
+            archive.replace_asset(asset, small_nwb)
+            time.sleep(1.5)
+            with pytest.raises(RemoteError) as exc:
+                src.nwbfile.processing["ophys"]["DfOverF"]["RoiResponseSeries_plane0"].data[:]
+        text = _one_line(exc)
+        assert "the asset changed while it was read" in text and "open it again" in text
+    finally:
+        archive.assets.pop(asset.asset_id, None)
+
+
+def test_an_expired_plain_url_says_so(archive: DandiTestServer, tmp_path: Path) -> None:
+    """A plain URL cannot be renewed: one line naming it and the fix."""
+    archive.url_expiry = 1.0
+    url = archive.blob_url(_asset(archive))
+    time.sleep(1.5)
+    with pytest.raises(RemoteError) as exc:
+        inspect_source(url, cache_dir=tmp_path / "c")
+    text = _one_line(exc)
+    assert url in text and "HTTP 403" in text and "expired" in text
+
+
+# ----------------------------------------------------------------------------------------
+# one retry policy
+# ----------------------------------------------------------------------------------------
+
+
+def test_api_failures_are_retried_by_one_policy_only(archive: DandiTestServer) -> None:
+    """NWB_LLMDECODE_RETRIES=2: three tries of an API request in all, not the dandi
+    client's retries on top of ours."""
+    archive.fail("assets", 503)
+    with pytest.raises(RemoteError) as exc:
+        resolve_source(f"DANDI:{DANDISET}/draft/{PATH}")
+    text = _one_line(exc)
+    assert "HTTP 503" in text and "gave up after 3 tries" in text
+    assert archive.requests["assets"] == 3
+
+
+def test_cache_off_reads_from_the_blob_every_time(
+    archive: DandiTestServer, big_nwb: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NWB_LLMDECODE_CACHE", "off")
+    source = f"DANDI:{DANDISET}/draft/{PATH}"
+    local = load_session(big_nwb)
+    with open_nwb(source) as src:
+        assert src.stats["cache_dir"] is None
+    archive.reset_counts()
+    _same(load_session(source), local)
+    first = archive.blob_bytes
+    archive.reset_counts()
+    _same(load_session(source), local)
+    assert first > 0 and archive.blob_bytes == first  # nothing was kept
+    assert not (tmp_path / "default-cache").exists()
+
+
+def test_the_streaming_modules_import_one_way() -> None:
+    """HTTP policy in io/http.py, resolving in io/dandi.py, opening in io/remote.py,
+    "resolve, then open" in io/sources.py: the arrows run sources -> dandi/remote -> http,
+    never back (also not inside functions)."""
+    import ast
+
+    import nwb_llmdecode.io as io_pkg
+
+    root = Path(io_pkg.__file__).parent
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+
+    assert imports("http").isdisjoint({"dandi", "remote", "sources"})
+    assert imports("dandi").isdisjoint({"remote", "sources"})
+    assert imports("remote").isdisjoint({"dandi", "sources"})
+    assert {"dandi", "remote", "http"} <= imports("sources")

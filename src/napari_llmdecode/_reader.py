@@ -1,7 +1,8 @@
 """npe2 reader: NWB sessions and decoding results (local files, https URLs, DANDI).
 
-``napari_get_reader`` only looks at the path (and, for local files, the HDF5 root
-attributes); it returns ``None`` for anything that is not NWB and never raises. Reading
+NWB is read from HDF5 files (``.nwb``) and from Zarr stores (``.nwb.zarr`` directories),
+local or on DANDI. ``napari_get_reader`` only looks at the path (and, for local sources,
+the root attributes); it returns ``None`` for anything that is not NWB and never raises. Reading
 goes through :func:`nwb_llmdecode.io.sources.open_nwb`, the same source handling as the
 command line. No Qt is imported here.
 """
@@ -42,16 +43,27 @@ def _is_remote_nwb(s: str) -> bool:
         # only what names NWB: a .nwb file, or an asset of a DANDI archive (any instance)
         path = parsed.path.lower()
         return (
-            path.endswith(".nwb")
+            path.endswith((".nwb", ".nwb.zarr", ".nwb.zarr/"))
             or "dandi" in parsed.netloc.lower()
             or bool(_DANDI_API_PATH.search(path))
         )
     return True  # <INSTANCE>:<dandiset>/... identifiers
 
 
+def _is_nwb_zarr(p: Path) -> bool:
+    """A Zarr (v2) store directory whose root attributes name an NWB version."""
+    import json
+
+    attrs = p / ".zattrs"
+    if not (p / ".zgroup").is_file() or not attrs.is_file():
+        return False
+    return "nwb_version" in json.loads(attrs.read_text(encoding="utf-8"))
+
+
 def is_nwb_source(path: Any) -> bool:
-    """Whether ``path`` is something this plugin reads: an NWB HDF5 file, or a URL or
-    DANDI identifier of one. Local files are checked for the ``nwb_version`` attribute.
+    """Whether ``path`` is something this plugin reads: an NWB HDF5 file or NWB Zarr
+    store (``.nwb.zarr`` directory), or a URL or DANDI identifier of one. Local sources
+    are checked for the ``nwb_version`` attribute.
 
     Never raises.
 
@@ -69,6 +81,8 @@ def is_nwb_source(path: Any) -> bool:
         if _is_remote_nwb(s):
             return True
         p = Path(s).expanduser()
+        if p.is_dir():
+            return _is_nwb_zarr(p)
         if not p.is_file() or p.stat().st_size == 0:
             return False
         import h5py

@@ -1,5 +1,9 @@
 """DANDI archive: resolve resource identifiers to streaming URLs, and list assets.
 
+This module only resolves; :func:`nwb_llmdecode.io.sources.open_nwb` resolves a source
+here, then opens it with :mod:`nwb_llmdecode.io.remote`. API requests go through the HTTP
+policy of :mod:`nwb_llmdecode.io.http` (timeouts, one retry policy, one-line errors).
+
 Parsing and API access go through the ``dandi`` client (``parse_dandi_url``,
 ``DandiAPIClient``, ``RemoteDandiset.get_asset_by_path``...). Accepted sources, when they
 name one asset:
@@ -10,6 +14,8 @@ name one asset:
 - ``https://<server>/api/dandisets/000123/versions/draft/assets/?path=sub-1/…``;
 - ``https://<server>/api/assets/<asset id>/download/`` (and the other asset-id URLs);
 - every other form of ``dandi.dandiarchive.parse_dandi_url`` that ends on one asset.
+
+An asset is a file (an HDF5 ``.nwb`` blob) or a Zarr store (``.nwb.zarr``); both resolve.
 
 Any other ``http(s)`` URL is opened directly as the URL of an NWB file.
 
@@ -38,11 +44,11 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ..errors import ConfigError, RemoteError, SourceError
+from .http import RemoteOptions, ResolvedSource, Stats, describe_failure, make_session
 
 __all__ = [
     "API_URL_ENV",
@@ -63,37 +69,8 @@ _LS_SPEC = re.compile(
 )
 _EXTRA_HOSTS = ("identifiers.org", "gui.dandiarchive.org", "gui-staging.dandiarchive.org")
 _MAX_LISTED = 20000  # assets scanned for near matches of an unknown path
-
-
-@dataclass(frozen=True)
-class ResolvedSource:
-    """Where the bytes of a source are read from.
-
-    Attributes
-    ----------
-    source
-        The source as given.
-    url
-        The content URL: for DANDI, the blob URL after one redirect of the asset's
-        ``/download/`` URL; otherwise the URL as given.
-    size
-        Size in bytes when the archive says, else ``None``.
-    digest
-        ``"<algorithm>:<value>"`` content digest from the asset metadata (names the
-        cache), else ``None``.
-    api_url, dandiset_id, version_id, path, asset_id
-        The DANDI asset, for DANDI sources.
-    """
-
-    source: str
-    url: str
-    size: int | None = None
-    digest: str | None = None
-    api_url: str | None = None
-    dandiset_id: str | None = None
-    version_id: str | None = None
-    path: str | None = None
-    asset_id: str | None = None
+#: Paths of plain URLs that name a Zarr store: ``….zarr/`` or DANDI's ``/zarr/<uuid>/``.
+_ZARR_URL = re.compile(r"(\.zarr|/zarr/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})/?$", re.I)
 
 
 # ----------------------------------------------------------------------------------------
@@ -194,14 +171,12 @@ def _rewrite_short_form(source: str) -> str:
     return out
 
 
-def _check_server(url: str, options: Any, stats: dict[str, Any] | None) -> None:
+def _check_server(url: str, options: RemoteOptions, stats: Stats | None) -> None:
     """Reach an unknown server's ``/server-info`` with our timeout and retries first.
 
     The dandi client fetches it with no timeout while parsing the URL; a server that is
     down or hangs is reported here instead, with a bounded wait.
     """
-    from .remote import make_session
-
     parts = urlsplit(url)
     if (parts.hostname or "").lower() in _dandi_hosts():
         return
@@ -209,7 +184,7 @@ def _check_server(url: str, options: Any, stats: dict[str, Any] | None) -> None:
         session.get(f"{parts.scheme}://{parts.netloc}/server-info").close()
 
 
-def _parse(source: str, options: Any, stats: dict[str, Any] | None) -> Any:
+def _parse(source: str, options: RemoteOptions, stats: Stats | None) -> Any:
     """The client's parse of ``source``, with the instance override applied."""
     from dandi.consts import DandiInstance
     from dandi.dandiarchive import parse_dandi_url
@@ -247,13 +222,16 @@ def _token(instance: Any) -> tuple[str, str] | None:
 
 
 @contextlib.contextmanager
-def _client(instance: Any, options: Any, stats: dict[str, Any] | None) -> Iterator[Any]:
+def _client(instance: Any, options: RemoteOptions, stats: Stats | None) -> Iterator[Any]:
     """A DandiAPIClient for ``instance`` whose requests time out and retry per ``options``,
-    authenticated when an API key is set."""
+    authenticated when an API key is set.
+
+    The retries are those of the session's transport (the one retry policy): it never
+    hands the client a retryable status or a ``requests`` exception, so the client's own
+    retry loop never runs on top of it.
+    """
     import requests
     from dandi.dandiapi import DandiAPIClient
-
-    from .remote import make_session
 
     client = DandiAPIClient(dandi_instance=instance)
     make_session(options, stats, session=client.session)
@@ -297,9 +275,7 @@ def _api_errors(source: str, api: str) -> Iterator[None]:
             f"{source}: the DANDI API at {api} answered HTTP {code}; try again later"
         ) from exc
     except requests.RequestException as exc:
-        from .remote import _describe
-
-        raise RemoteError(f"{source}: {api}: {_describe(exc, 0)}; try again later") from exc
+        raise RemoteError(f"{source}: {api}: {describe_failure(exc, 0)}; try again later") from exc
     except pydantic.ValidationError as exc:
         raise RemoteError(
             f"{source}: unexpected answer from the DANDI API at {api} "
@@ -359,7 +335,8 @@ def _one_asset(parsed: Any, client: Any, source: str) -> Any:
         )
     if isinstance(parsed, da.AssetZarrEntryURL):
         raise SourceError(
-            f"{source}: points inside a Zarr asset; only HDF5 NWB files can be streamed"
+            f"{source}: points inside a Zarr asset; give the asset itself (its path ending "
+            "in .nwb.zarr, or its asset id)"
         )
     if isinstance(parsed, da.AssetItemURL | da.AssetPathPrefixURL):
         # an item path, or an API ``?path=`` URL whose path is that of one asset
@@ -395,7 +372,7 @@ def _one_asset(parsed: Any, client: Any, source: str) -> Any:
 
 def _digest(metadata: dict[str, Any]) -> str | None:
     digests = metadata.get("digest") or {}
-    for algo in ("dandi:dandi-etag", "dandi:sha2-256"):
+    for algo in ("dandi:dandi-etag", "dandi:sha2-256", "dandi:dandi-zarr-checksum"):
         if value := digests.get(algo):
             return f"{algo}:{value}"
     return None
@@ -429,8 +406,20 @@ def _content_url(client: Any, download_url: str, source: str) -> str:
 # ----------------------------------------------------------------------------------------
 
 
+def _zarr_url(metadata: dict[str, Any], source: str, path: str) -> str:
+    """The URL of a Zarr asset's store root, from its ``contentUrl`` list."""
+    urls = metadata.get("contentUrl") or []
+    for url in urls:
+        if _ZARR_URL.search(urlsplit(url).path) and "/api/" not in url:
+            return url.rstrip("/") + "/"
+    raise RemoteError(
+        f"{source}: the archive gives no URL of the Zarr store of {path} (contentUrl: "
+        f"{urls!r}); download it with `dandi download` and open the local .nwb.zarr"
+    )
+
+
 def resolve_source(
-    source: str, *, options: Any = None, stats: dict[str, Any] | None = None
+    source: str, *, options: RemoteOptions | None = None, stats: Stats | None = None
 ) -> ResolvedSource:
     """Resolve a DANDI identifier (or plain URL) to the URL its bytes are read from.
 
@@ -439,7 +428,7 @@ def resolve_source(
     source
         A DANDI identifier or archive URL naming one asset, or an ``http(s)`` URL.
     options
-        :class:`~nwb_llmdecode.io.remote.RemoteOptions` (timeouts, retries) for the API
+        :class:`~nwb_llmdecode.io.http.RemoteOptions` (timeouts, retries) for the API
         requests; default from the environment.
     stats
         If given, ``stats["api_requests"]`` counts the API requests made.
@@ -447,11 +436,12 @@ def resolve_source(
     Returns
     -------
     ResolvedSource
+        ``kind`` is ``"zarr"`` for a Zarr asset (``url`` is then its store's root).
 
     Raises
     ------
     SourceError
-        The identifier is malformed, or names a dandiset, folder or Zarr, not one file.
+        The identifier is malformed, or names a dandiset or folder, not one asset.
     RemoteError
         The archive cannot be reached, or the dandiset, version or asset does not exist
         (with near matches of an unknown path), or access is denied.
@@ -464,8 +454,6 @@ def resolve_source(
     >>> resolve_source("DANDI:000123/draft/sub-1/sub-1.nwb").url  # doctest: +SKIP
     'https://dandiarchive.s3.amazonaws.com/blobs/...'
     """
-    from .remote import RemoteOptions
-
     opts = options or RemoteOptions.from_env()
     if not is_dandi_identifier(source):
         if not source.lower().startswith(("http://", "https://")):
@@ -473,25 +461,24 @@ def resolve_source(
                 f"{source}: not a URL or DANDI identifier; give an https:// URL of an NWB "
                 "file, DANDI:<dandiset>/<version>/<path> or a local path"
             )
-        return ResolvedSource(source=source, url=source)
+        zarr = _ZARR_URL.search(urlsplit(source).path)
+        return ResolvedSource(source=source, url=source, kind="zarr" if zarr else "hdf5")
     with _quiet_dandi_logs(), _api_errors(source, "the DANDI API"):
         parsed = _parse(source, opts, stats)
         api = parsed.instance.api
         with _api_errors(source, api), _client(parsed.instance, opts, stats) as client:
             asset = _one_asset(parsed, client, source)
-            if asset.asset_type.name != "BLOB":
-                raise SourceError(
-                    f"{source}: {asset.path} is a Zarr asset; only HDF5 NWB files can be "
-                    "streamed (open Zarr NWB with pynwb's NWBZarrIO)"
-                )
             metadata = asset.get_raw_metadata()
-            download_url = asset.base_download_url
-            url = _content_url(client, download_url, source)
+            if asset.asset_type.name == "ZARR":
+                kind, url = "zarr", _zarr_url(metadata, source, asset.path)
+            else:
+                kind, url = "hdf5", _content_url(client, asset.base_download_url, source)
     resolved = ResolvedSource(
         source=source,
         url=url,
         size=int(asset.size),
         digest=_digest(metadata) or f"dandi:blob:{getattr(asset, 'blob', asset.identifier)}",
+        kind=kind,
         api_url=api,
         dandiset_id=getattr(asset, "dandiset_id", None) or parsed.dandiset_id,
         version_id=getattr(asset, "version_id", None) or parsed.version_id,
@@ -530,7 +517,7 @@ def _source_id(instance: Any, dandiset: str, version: str, path: str) -> str:
     return f"{instance.api}/dandisets/{dandiset}/versions/{version}/assets/?path={quote(path)}"
 
 
-def list_assets(spec: str, *, options: Any = None) -> list[dict[str, Any]]:
+def list_assets(spec: str, *, options: RemoteOptions | None = None) -> list[dict[str, Any]]:
     """List the assets of a dandiset version, optionally under a path prefix.
 
     Parameters
@@ -542,7 +529,7 @@ def list_assets(spec: str, *, options: Any = None) -> list[dict[str, Any]]:
         of a dandiset, folder or asset is accepted too. Without a version: the most recent
         published version, else the draft.
     options
-        :class:`~nwb_llmdecode.io.remote.RemoteOptions` for the API requests.
+        :class:`~nwb_llmdecode.io.http.RemoteOptions` for the API requests.
 
     Returns
     -------
@@ -557,8 +544,6 @@ def list_assets(spec: str, *, options: Any = None) -> list[dict[str, Any]]:
     ['sub-1/sub-1_ses-1.nwb', 'sub-1/sub-1_ses-2.nwb']
     """
     from dandi import dandiarchive as da
-
-    from .remote import RemoteOptions
 
     opts = options or RemoteOptions.from_env()
     text = spec.strip()

@@ -151,8 +151,7 @@ def _source_stem(source: str) -> str:
     name = parts[-1] if parts else ""
     if name == "download" and len(parts) >= 2 and "assets" in parts[:-1]:
         name = f"asset-{parts[-2]}"  # .../api/assets/<id>/download/
-    if name.lower().endswith(".nwb"):
-        name = name[:-4]
+    name = re.sub(r"\.nwb(\.zarr)?$", "", name, flags=re.IGNORECASE)  # .nwb, .nwb.zarr
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._- ")
     return name or "session"
 
@@ -195,6 +194,8 @@ def default_output_path(source: str | os.PathLike[str], *, directory: Path | Non
     'data/sub-1_ses-2_desc-llmdecode_ophys.nwb'
     >>> default_output_path("https://host/a/..%2F..%2Fevil.nwb", directory=Path("out")).as_posix()
     'out/evil_desc-llmdecode.nwb'
+    >>> default_output_path("data/sub-1_ses-2.nwb.zarr").as_posix()
+    'data/sub-1_ses-2_desc-llmdecode.nwb'
     """
     from .sources import is_remote
 
@@ -498,12 +499,13 @@ def source_provenance(src: NWBSource, session: xr.Dataset) -> dict[str, str]:
 
     ``source`` is the local path, the URL, or for a DANDI asset its identifier with the
     asset id and version; ``source_sha256`` hashes a local file, and for a streamed one
-    is the archive's digest when the API gave one (else empty).
+    is the archive's digest when the API gave one (else empty, as for a local Zarr store).
     """
     identifier = str(src.nwbfile.identifier)
     info = getattr(src, "stats", None) or {}
-    if src.path is not None:
-        source, digest = str(src.path), sha256_file(src.path)
+    if src.path is not None:  # a Zarr store is a directory: no single file to hash
+        source = str(src.path)
+        digest = sha256_file(src.path) if src.path.is_file() else ""
     else:
         source = str(session.attrs.get("source", src.label))
         asset, version = info.get("asset_id"), info.get("version_id")
@@ -907,6 +909,11 @@ def write_in_place(
     from pynwb import NWBHDF5IO
 
     source_path = Path(source_path)
+    if source_path.is_dir():
+        raise SourceError(
+            f"{source_path}: is a directory (an NWB Zarr store), results are added in place to "
+            "HDF5 NWB files only; omit --in-place to write them to a new .nwb file"
+        )
     with h5py.File(source_path, "r") as f:
         has = f"processing/{RESULTS_MODULE}" in f
     if has and not overwrite:
