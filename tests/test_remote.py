@@ -722,3 +722,27 @@ def test_the_streaming_modules_import_one_way() -> None:
     assert imports("dandi").isdisjoint({"remote", "sources"})
     assert imports("remote").isdisjoint({"dandi", "sources"})
     assert {"dandi", "remote", "http"} <= imports("sources")
+
+
+def test_results_of_a_streamed_asset_record_the_asset(
+    archive: DandiTestServer, tmp_path: Path
+) -> None:
+    """The derived file of a DANDI source names the asset, its version and its digest."""
+    from pynwb import NWBHDF5IO
+
+    from nwb_llmdecode.config import FitConfig
+    from nwb_llmdecode.pipeline import fit
+
+    asset = _asset(archive)
+    source = f"DANDI:{DANDISET}/draft/{PATH}"
+    report = fit(
+        source,
+        config=FitConfig(backbone="ridge", salience="none", seq_len=10),
+        out=tmp_path / "r.nwb",
+        checkpoint=False,
+    )
+    with NWBHDF5IO(str(report.output), "r") as io:
+        run = io.read().processing["llmdecode"]["decoding_run"].to_dataframe().iloc[0]
+    assert run["source"] == f"{source} (DANDI asset {asset.asset_id}, version draft)"
+    assert run["source_sha256"] == f"sha256:{asset.sha256}"
+    assert run["source_identifier"]

@@ -484,6 +484,7 @@ def resolve_source(
         version_id=getattr(asset, "version_id", None) or parsed.version_id,
         path=asset.path,
         asset_id=asset.identifier,
+        sha256=(metadata.get("digest") or {}).get("dandi:sha2-256"),
     )
     log.info("%s: asset %s (%d bytes) at %s", source, asset.identifier, resolved.size, url)
     return resolved

@@ -196,6 +196,8 @@ class ResolvedSource:
         ``"hdf5"`` (one file) or ``"zarr"`` (a Zarr store: a tree of objects).
     api_url, dandiset_id, version_id, path, asset_id
         The DANDI asset, for DANDI sources.
+    sha256
+        The asset's SHA-256 (hex) when the archive gives one.
     """
 
     source: str
@@ -208,6 +210,7 @@ class ResolvedSource:
     version_id: str | None = None
     path: str | None = None
     asset_id: str | None = None
+    sha256: str | None = None
 
 
 # ----------------------------------------------------------------------------------------

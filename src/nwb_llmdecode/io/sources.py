@@ -229,7 +229,7 @@ def _open_remote(
         asset_id=resolved.asset_id,
         dandiset_id=resolved.dandiset_id,
         version_id=resolved.version_id,
-        digest=resolved.digest,
+        digest=f"sha256:{resolved.sha256}" if resolved.sha256 else resolved.digest,
     )
     if resolved.kind == "zarr":
         stats.update(source=source, url=resolved.url, size=resolved.size, requests=0)
