@@ -316,14 +316,6 @@ def _natural_key(s: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def _text(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def _tokens(s: str) -> set[str]:
     return {t for t in re.split(r"[^0-9a-zA-Z]+|_", s.lower()) if t}
 
@@ -405,9 +397,7 @@ def _read_open(src: Any, source: str, max_activity_values: int) -> SessionData:
     )
     results = None
     if RESULTS_MODULE in src.nwbfile.processing:
-        results = _read_results(
-            src.nwbfile.processing[RESULTS_MODULE], tables, offsets, short_name(source)
-        )
+        results = _read_results(src, tables, offsets, short_name(source))
     return SessionData(
         source=source,
         name=short_name(source),
@@ -592,146 +582,89 @@ def _read_activity(
     return activity, times, label, series
 
 
-def _column(table: Any, name: str) -> np.ndarray:
-    return np.asarray(table[name].data[:])
+def _read_results(src: Any, tables: list[Any], offsets: np.ndarray, origin: str) -> ResultsData:
+    """The results module of an open source, through ``nwb_llmdecode.read_results`` (the
+    one parser of our output), on the viewer's global ROIs (all tables of the file)."""
+    from nwb_llmdecode.io.results import results_from_source
 
+    res = results_from_source(src, session=False, max_timecourse_values=MAX_TIMECOURSE_VALUES)
+    times = np.asarray(res["time"].values, dtype=np.float64)
+    channels = [
+        f"{s}[{int(c)}]"
+        for s, c in zip(res["series"].values, res["series_channel"].values, strict=True)
+    ]
+    units = [str(u) for u in res["unit"].values]
 
-def _channel_names(module: Any, tables: list[Any]) -> list[str] | None:
-    """Channel names in ``salience_by_output`` order, from the column description."""
-    for t in tables:
-        desc = str(t["salience_by_output"].description)
-        m = re.search(r"\(([^()]*)\)\s*$", desc)
-        if m:
-            names = [s.strip() for s in m.group(1).split(",") if s.strip()]
-            if names and len(names) == np.shape(t["salience_by_output"].data)[1]:
-                return names
-    return None
-
-
-def _read_results(module: Any, tables: list[Any], offsets: np.ndarray, origin: str) -> ResultsData:
-    ifaces = module.data_interfaces
-    sal_tables = [ifaces[n] for n in sorted(ifaces) if n.startswith("roi_salience")]
-
-    # --- behaviour channels: targets and predictions -----------------------------------
-    channels: list[str] = []
-    units: list[str] = []
-    columns_t: list[np.ndarray] = []
-    columns_p: list[np.ndarray] = []
-    times = np.zeros(0)
-    if "targets" in ifaces and "predictions" in ifaces:
-        targ = ifaces["targets"].time_series
-        pred = ifaces["predictions"].time_series
-        by_name: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-        for name, ts in targ.items():
-            t = np.asarray(ts.data[:], dtype=np.float32).reshape(len(ts.data), -1)
-            p = (
-                np.asarray(pred[name].data[:], dtype=np.float32).reshape(len(t), -1)
-                if name in pred
-                else np.full_like(t, np.nan)
-            )
-            by_name[name] = (t, p, str(ts.unit))
-            if len(times) == 0:
-                times = np.asarray(ts.get_timestamps()[: len(t)], dtype=np.float64)
-        wanted = _channel_names(module, sal_tables)
-        parsed = [re.fullmatch(r"(.+)\[(\d+)\]", w) for w in wanted] if wanted else []
-        if wanted and all(m and m.group(1) in by_name for m in parsed):
-            for w, m in zip(wanted, parsed, strict=True):
-                t, p, u = by_name[m.group(1)]
-                i = int(m.group(2))
-                channels.append(w)
-                units.append(u)
-                columns_t.append(t[:, i])
-                columns_p.append(p[:, i])
-        else:
-            for name, (t, p, u) in by_name.items():
-                for i in range(t.shape[1]):
-                    channels.append(f"{name}[{i}]")
-                    units.append(u)
-                    columns_t.append(t[:, i])
-                    columns_p.append(p[:, i])
-    targets = np.stack(columns_t, axis=1) if columns_t else np.zeros((len(times), 0), np.float32)
-    predictions = (
-        np.stack(columns_p, axis=1) if columns_p else np.zeros((len(times), 0), np.float32)
-    )
-
-    # --- splits, metrics, run ----------------------------------------------------------
     splits: list[tuple[str, float, float]] = []
-    if "decoding_splits" in ifaces:
-        sp = ifaces["decoding_splits"]
-        # `split_name` since the pynapple-friendly rename; files written before say `split`
-        col = "split_name" if "split_name" in sp.colnames else "split"
-        names = [str(_text(s)) for s in _column(sp, col)]
+    if "split_start_time" in res:
         splits = [
-            (n, float(a), float(b))
+            (str(n), float(a), float(b))
             for n, a, b in zip(
-                names, _column(sp, "start_time"), _column(sp, "stop_time"), strict=True
+                res["split"].values,
+                res["split_start_time"].values,
+                res["split_stop_time"].values,
+                strict=True,
             )
         ]
     metrics: list[dict[str, Any]] = []
-    if "decoding_metrics" in ifaces:
-        mt = ifaces["decoding_metrics"]
-        cols = {c: [_text(v) for v in _column(mt, c)] for c in mt.colnames}
-        metrics = [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
-    run: dict[str, Any] = {}
-    if "decoding_run" in ifaces:
-        rt = ifaces["decoding_run"]
-        run = {c: _text(_column(rt, c)[0]) for c in rt.colnames}
+    if "r2" in res:
+        for i, split in enumerate(res["split"].values):
+            for c in range(res.sizes["channel"]):
+                if not np.isfinite(res["r2"].values[i, c]) and not res["n_frames"].values[i, c]:
+                    continue  # no row of this split and channel in the file
+                metrics.append(
+                    {
+                        "behavior": str(res["series"].values[c]),
+                        "channel": int(res["series_channel"].values[c]),
+                        "split": str(split),
+                        **{
+                            m: res[m].values[i, c].item()
+                            for m in ("rmse", "r2", "pearson", "n_frames")
+                        },
+                    }
+                )
+    run = dict(res.attrs.get("run", {}))
 
     # --- salience on the global ROIs ---------------------------------------------------
-    n_rois = int(offsets[-1])
-    n_ch = len(channels)
-    method = str(run.get("salience_method") or "salience")
-    if method in ("none", ""):
-        method = "salience"
-    index_of = {id(t): p for p, t in enumerate(tables)}
-    name_of = {t.name: p for p, t in enumerate(tables)}
     sets: list[SalienceSet] = []
-    if sal_tables:
+    if "salience" in res:
+        n_rois = int(offsets[-1])
+        plane_of = {t.name: p for p, t in enumerate(tables)}
+        where = np.array(
+            [
+                offsets[plane_of[str(pl)]] + int(r) if str(pl) in plane_of else -1
+                for pl, r in zip(res["plane"].values, res["roi_row"].values, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        if (where < 0).any():
+            warnings.warn(
+                f"{origin}: salience of {int((where < 0).sum())} ROI(s) refers to a ROI table "
+                "that is not in the file; skipped",
+                UserWarning,
+                stacklevel=2,
+            )
+        ok = where >= 0
         sal = np.full(n_rois, np.nan, dtype=np.float32)
+        sal[where[ok]] = res["salience"].values[ok]
+        by_out = np.full((n_rois, len(channels)), np.nan, dtype=np.float32)
+        by_out[where[ok]] = res["salience_by_output"].values[ok]
         rank = np.zeros(n_rois, dtype=np.int64)
-        width = int(np.shape(sal_tables[0]["salience_by_output"].data)[1]) if sal_tables else 0
-        by_out = np.full((n_rois, max(width, n_ch)), np.nan, dtype=np.float32)
-        n_t = len(times)
+        rank[where[ok]] = res["rank"].values[ok]
         course = None
-        if n_t and n_t * n_rois <= MAX_TIMECOURSE_VALUES:
-            course = np.full((n_t, n_rois), np.nan, dtype=np.float32)
-        for t in sal_tables:
-            region = t["roi"]
-            p = index_of.get(id(region.table), name_of.get(region.table.name))
-            if p is None:
-                warnings.warn(
-                    f"{origin}: {t.name} refers to a ROI table that is not in the file; skipped",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                continue
-            rois = offsets[p] + np.asarray(region.data[:], dtype=np.int64)
-            sal[rois] = _column(t, "salience")
-            b = np.asarray(_column(t, "salience_by_output"), dtype=np.float32)
-            by_out[rois, : b.reshape(len(rois), -1).shape[1]] = b.reshape(len(rois), -1)
-            if "rank" in t.colnames:
-                rank[rois] = _column(t, "rank")
-            cname = "salience_timecourse" + t.name[len("roi_salience") :]
-            if course is not None and cname in ifaces:
-                data = ifaces[cname].data
-                m = min(n_t, len(data))
-                course[:m, rois] = np.asarray(data[:m], dtype=np.float32).reshape(m, -1)
-        if width > n_ch:  # channel names unknown: number them
-            channels += [f"output[{i}]" for i in range(n_ch, width)]
-            units += [""] * (width - n_ch)
-        unit = "a.u."
-        for t in sal_tables:
-            cname = "salience_timecourse" + t.name[len("roi_salience") :]
-            if cname in ifaces and str(getattr(ifaces[cname], "unit", "") or ""):
-                unit = str(ifaces[cname].unit)
-                break
-        sets.append(SalienceSet(method, origin, sal, by_out, rank, course, unit))
+        if "salience_timecourse" in res:
+            course = np.full((len(times), n_rois), np.nan, dtype=np.float32)
+            course[:, where[ok]] = res["salience_timecourse"].values[:, ok]
+        method = str(run.get("salience_method") or "salience")
+        if method in ("none", ""):
+            method = "salience"
+        sets.append(SalienceSet(method, origin, sal, by_out, rank, course))
     return ResultsData(
         times=times,
         channels=channels,
         units=units,
-        targets=targets,
-        predictions=predictions,
+        targets=np.asarray(res["targets"].values, dtype=np.float32),
+        predictions=np.asarray(res["predictions"].values, dtype=np.float32),
         splits=splits,
         metrics=metrics,
         run=run,

@@ -58,7 +58,46 @@ def _pairs(text: Any) -> dict[str, Any]:
         return {}
 
 
-def results_from_source(src: NWBSource) -> xr.Dataset:
+def _coordinates(
+    src: NWBSource, roi_series: list[Any] | None, behavior_series: list[Any] | None, times: Any
+) -> xr.Dataset:
+    """The session's coordinates without its data: ROIs (``plane``, ``roi_row``,
+    ``roi_id``) of the decoded series, channels (``series``, ``series_channel``, ``unit``)
+    and the frame ``time`` of the results."""
+    from .read import _select_behavior, _select_rois, inventory
+
+    inv = inventory(src)
+    planes, rows, ids = [], [], []
+    for c in _select_rois(inv, roi_series, src.label):
+        region = inv.objects[c["path"]].rois
+        r = np.asarray(region.data[:], dtype=np.int64)
+        planes += [region.table.name] * len(r)
+        rows.append(r)
+        ids.append(np.asarray(region.table.id.data[:], dtype=np.int64)[r])
+    series, channel, unit = [], [], []
+    for c in _select_behavior(inv, behavior_series, src.label):
+        series += [c["name"]] * c["n_channels"]
+        channel += list(range(c["n_channels"]))
+        unit += [c["unit"]] * c["n_channels"]
+    return xr.Dataset(
+        coords={
+            "time": ("time", np.asarray(times, dtype=np.float64)),
+            "roi": ("roi", np.arange(len(planes))),
+            "plane": ("roi", np.asarray(planes, dtype=str)),
+            "roi_row": ("roi", np.concatenate(rows) if rows else np.zeros(0, np.int64)),
+            "roi_id": ("roi", np.concatenate(ids) if ids else np.zeros(0, np.int64)),
+            "channel": ("channel", np.arange(len(series))),
+            "series": ("channel", np.asarray(series, dtype=str)),
+            "series_channel": ("channel", np.asarray(channel, dtype=np.int64)),
+            "unit": ("channel", np.asarray(unit, dtype=str)),
+        },
+        attrs={"source": src.label},
+    )
+
+
+def results_from_source(
+    src: NWBSource, *, session: bool = True, max_timecourse_values: int | None = None
+) -> xr.Dataset:
     """:func:`read_results` of an already open source (see there)."""
     f = src.nwbfile
     if RESULTS_MODULE not in f.processing:
@@ -84,9 +123,13 @@ def results_from_source(src: NWBSource) -> xr.Dataset:
     targets = ifaces["targets"].time_series
     if behavior_series is None:  # files written before the run recorded its series
         behavior_series = list(targets)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AlignmentWarning)  # reported when it was fitted
-        ds = read_session(src, rois=roi_series, behavior=behavior_series)
+    if session:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AlignmentWarning)  # reported when it was fitted
+            ds = read_session(src, rois=roi_series, behavior=behavior_series)
+    else:
+        first = next(iter(targets.values()))
+        ds = _coordinates(src, roi_series, behavior_series, first.get_timestamps()[:])
 
     # --- predictions and targets, channel by channel ---------------------------------
     n_t, n_c = ds.sizes["time"], ds.sizes["channel"]
@@ -103,6 +146,7 @@ def results_from_source(src: NWBSource) -> xr.Dataset:
         predictions=(("time", "channel"), pred),
         targets=(("time", "channel"), targ),
     )
+    out.attrs["session_data"] = bool(session)
     unit = ds["unit"].values
     out["predictions"].attrs.update(long_name="decoded behaviour", units=", ".join(set(unit)))
     out["targets"].attrs.update(long_name="behaviour averaged per imaging frame")
@@ -160,7 +204,8 @@ def results_from_source(src: NWBSource) -> xr.Dataset:
         sal = np.full(n_r, np.nan)
         by_out = np.full((n_r, n_c), np.nan)
         rank = np.zeros(n_r, dtype=np.int64)
-        course = np.full((n_t, n_r), np.nan, dtype=np.float32)
+        keep_course = max_timecourse_values is None or n_t * n_r <= max_timecourse_values
+        course = np.full((n_t if keep_course else 0, n_r), np.nan, dtype=np.float32)
         for t in tables:
             region = t["roi"]
             plane = region.table.name
@@ -172,16 +217,18 @@ def results_from_source(src: NWBSource) -> xr.Dataset:
             if "rank" in t.colnames:
                 rank[idx[ok]] = np.asarray(t["rank"].data[:], dtype=np.int64)[ok]
             name = "salience_timecourse" + t.name[len("roi_salience") :]
-            if name in ifaces:
+            if keep_course and name in ifaces:
                 data = np.asarray(ifaces[name].data[:], dtype=np.float32).reshape(n_t, -1)
                 course[:, idx[ok]] = data[:, ok]
         out["salience"] = ("roi", sal)
         out["salience_by_output"] = (("roi", "channel"), by_out)
-        out["salience_timecourse"] = (("time", "roi"), course)
+        if keep_course:
+            out["salience_timecourse"] = (("time", "roi"), course)
         out["rank"] = ("roi", rank)
         method = str(run.get("salience_method", ""))
         for v in ("salience", "salience_by_output", "salience_timecourse"):
-            out[v].attrs.update(method=method, units="a.u.")
+            if v in out:
+                out[v].attrs.update(method=method, units="a.u.")
         out["rank"].attrs["description"] = "1 = most salient over all planes"
 
     # --- ablation --------------------------------------------------------------------
@@ -211,6 +258,8 @@ def read_results(
     source: str | os.PathLike[str] | NWBSource,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    session: bool = True,
+    max_timecourse_values: int | None = None,
 ) -> xr.Dataset:
     """Read a results file (``processing/llmdecode``) back as one xarray Dataset.
 
@@ -221,6 +270,12 @@ def read_results(
         identifier), or an open :class:`~nwb_llmdecode.io.sources.NWBSource`.
     cache_dir
         Block cache of remote sources.
+    session
+        Read the session's data (``activity``, ``behavior`` and the ROI centroids) too;
+        ``False`` gives only the results on the ROI (``plane``, ``roi_row``, ``roi_id``),
+        channel and time coordinates, without reading the ROI traces (a viewer's choice).
+    max_timecourse_values
+        Leave out ``salience_timecourse`` when it holds more values than this.
 
     Returns
     -------
@@ -257,7 +312,8 @@ def read_results(
     >>> res["salience"].sortby("rank")[:5].roi_id.values  # doctest: +SKIP
     array([16, 39, 25, 33, 37])
     """
+    kw = {"session": session, "max_timecourse_values": max_timecourse_values}
     if isinstance(source, NWBSource):
-        return results_from_source(source)
+        return results_from_source(source, **kw)
     with open_nwb(source, cache_dir=cache_dir) as src:
-        return results_from_source(src)
+        return results_from_source(src, **kw)
