@@ -1118,9 +1118,10 @@ def session_layers(data: SessionData) -> list[LayerDataTuple]:
     """All layers of a file: summary images (or an activity projection), ROI labels and,
     with results, salience colouring, outlines of the salient ROIs and their ranks.
 
-    When napari is running, what layer keywords cannot say (the salience colourbar and its
-    title, rank labels that follow the zoom, ROI outlines that step aside in 3D) is set
-    up as the viewer adds the layers (see :func:`napari_llmdecode._viewer.show_on_insert`).
+    Pure data (no viewer): what layer keywords cannot say (the salience colourbar and its
+    title, rank labels that follow the zoom, ROI outlines that step aside in 3D) is set up
+    by the npe2 entry points as the viewer adds the layers
+    (:func:`napari_llmdecode._viewer.show_on_insert`).
 
     Examples
     --------
@@ -1171,9 +1172,6 @@ def session_layers(data: SessionData) -> list[LayerDataTuple]:
         layers.append(salience_image_layer(data, sets[0]))
         layers.append(outline_layer(data, sets[0]))
         layers.append(rank_layer(data, sets[0]))
-    from ._viewer import show_on_insert
-
-    show_on_insert(layers)
     return layers
 
 

@@ -118,9 +118,12 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[Any]] |
 def read_nwb(path: PathOrPaths) -> list[Any]:
     """Layer data tuples of one or several NWB files (see ``_layers.session_layers``)."""
     from ._layers import read_source, session_layers
+    from ._viewer import show_on_insert
 
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     layers: list[Any] = []
     for p in paths:
-        layers.extend(session_layers(read_source(os.fspath(p))))
+        these = session_layers(read_source(os.fspath(p)))
+        show_on_insert(these)  # colourbar, zoom-following ranks, 3D: as napari adds them
+        layers.extend(these)
     return layers

@@ -184,14 +184,20 @@ def write_sample_files(directory: Path | None = None) -> tuple[Path, Path]:
 def sample_session() -> list[Any]:
     """Sample: a synthetic 3-plane session with planted driver ROIs."""
     from ._layers import read_source, session_layers
+    from ._viewer import show_on_insert
 
     session, _ = write_sample_files()
-    return session_layers(read_source(session))
+    layers = session_layers(read_source(session))
+    show_on_insert(layers)
+    return layers
 
 
 def sample_results() -> list[Any]:
     """Sample: the synthetic session's results file (planted readout and its salience)."""
     from ._layers import read_source, session_layers
+    from ._viewer import show_on_insert
 
     _, results = write_sample_files()
-    return session_layers(read_source(results))
+    layers = session_layers(read_source(results))
+    show_on_insert(layers)
+    return layers

@@ -1,11 +1,6 @@
 """Decode behaviour from calcium imaging in NWB with language-model backbones."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("nwb-llmdecode")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+from ._version import __version__
 
 __all__ = ["Decoder", "FitConfig", "__version__", "inspect_source", "load_session", "read_results"]
 

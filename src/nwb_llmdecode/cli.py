@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode behaviour from calcium imaging in NWB with language-model "
         "backbones; write predictions, metrics and salience back as NWB.",
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

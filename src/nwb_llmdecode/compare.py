@@ -993,7 +993,7 @@ def _html(
     shown: dict[str, dict[str, Any]],
     units: Sequence[str],
 ) -> Path:
-    from . import __version__
+    from ._version import __version__
 
     distinct = list(dict.fromkeys(units))
     unit = f" ({distinct[0]})" if len(distinct) == 1 else ""

@@ -575,7 +575,7 @@ class Decoder:
         run: dict[str, Any] | None = None,
     ) -> Any:
         """The :class:`~nwb_llmdecode.io.write.DecodingResults` of the fitted session."""
-        from . import __version__
+        from ._version import __version__
         from .io.write import DecodingResults
 
         fitted = self._check_fitted()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import FitConfig
 from .errors import ConfigError, DataError, OutputExistsError
 from .io.read import RESULTS_MODULE, read_session
