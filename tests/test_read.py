@@ -318,3 +318,24 @@ def test_ambiguous_behaviour_lists_choices_and_several_concatenate(many_behaviou
     assert ds["series_channel"].values.tolist() == [0, 1, 2, 0, 1]
     with pytest.raises(AlignmentError, match="does not overlap imaging"):
         load_session(many_behaviours, behavior="late")
+
+
+def test_read_warnings_are_logged_once_each(caplog):
+    """Lenient on read: pynwb/hdmf warnings become one log record per distinct message."""
+    import logging
+    import warnings
+
+    from nwb_llmdecode.io.sources import _lenient
+
+    with caplog.at_level(logging.INFO, logger="nwb_llmdecode.io.sources"):
+        with _lenient("f.nwb"):
+            for _ in range(3):
+                warnings.warn("column 'x' has odd length", UserWarning, stacklevel=1)
+            warnings.warn(
+                "Ignoring cached namespace 'core' version 2.5.0", UserWarning, stacklevel=1
+            )
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert records == [
+        ("WARNING", "f.nwb: UserWarning: column 'x' has odd length"),
+        ("INFO", "f.nwb: UserWarning: Ignoring cached namespace 'core' version 2.5.0"),
+    ]

@@ -130,6 +130,24 @@ def _open_h5(fileobj_or_path: Any, label: str) -> Any:
         raise SourceError(f"{label}: cannot be opened as HDF5 ({text.strip()})") from exc
 
 
+@contextlib.contextmanager
+def _lenient(label: str) -> Iterator[None]:
+    """Lenient on read: the warnings pynwb/hdmf raise on odd but readable files become
+    log records, one per distinct message (INFO for cached-namespace notices, which every
+    file written with another pynwb version gives; WARNING otherwise)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen: set[tuple[str, str]] = set()
+    for w in caught:
+        key = (w.category.__name__, str(w.message))
+        if key in seen:
+            continue
+        seen.add(key)
+        level = logging.INFO if "cached namespace" in key[1].lower() else logging.WARNING
+        log.log(level, "%s: %s: %s", label, key[0], " ".join(key[1].split()))
+
+
 def _read_nwb(h5file: Any, label: str) -> tuple[Any, Any]:
     from pynwb import NWBHDF5IO
 
@@ -139,9 +157,7 @@ def _read_nwb(h5file: Any, label: str) -> tuple[Any, Any]:
             "convert it to NWB first (e.g. with NeuroConv)"
         )
     try:
-        with warnings.catch_warnings():
-            # Lenient on read: odd but readable files only warn (logged below).
-            warnings.simplefilter("ignore")
+        with _lenient(label):
             io = NWBHDF5IO(file=h5file, mode="r", load_namespaces=True)
             nwbfile = io.read()
     except Exception as exc:  # hdmf raises many types on malformed files
@@ -160,8 +176,7 @@ def _read_zarr(location: str, label: str, storage_options: dict[str, Any] | None
     from ..errors import RemoteError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _lenient(label):
             io = NWBZarrIO(location, mode="r", storage_options=storage_options)
     except RemoteError:
         raise
@@ -182,8 +197,7 @@ def _read_with(io: Any, label: str) -> Any:
     from ..errors import RemoteError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _lenient(label):
             return io.read()
     except RemoteError:
         raise
