@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -43,6 +43,7 @@ import numpy as np
 
 from .config import FitConfig
 from .errors import ConfigError, DataError, OutputExistsError
+from .progress import Progress
 from .sweep import (
     CsvSink,
     SchedulerSpec,
@@ -313,7 +314,7 @@ def run_compare(
     cache_dir: str | os.PathLike[str] | None = None,
     scheduler: str | SchedulerSpec | None = None,
     cluster_config: str | os.PathLike[str] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> CompareReport:
     """Run the grid on one session and write the report (see the module docstring).
 

@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,12 @@ import xarray as xr
 
 from .config import FitConfig
 from .errors import ConfigError, DataError, NotFittedError
+from .progress import Progress
 
 __all__ = ["Decoder"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 #: Numbers of ROIs ablated by default.
 ABLATION_KS = (10, 50, 100)
 _METRICS = ("rmse", "r2", "pearson", "n_frames")

@@ -18,7 +18,7 @@ engine converts back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from ..progress import Progress
 from ..windows import Block
 from .embeddings import LinearEmbedding
 
@@ -38,8 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 def lag_candidates(seq_len: int) -> list[int]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import FitConfig
+from ..progress import Progress
 from .backbones import Backbone, apply_train_mode, load_backbone
 from .baselines import LSTMDecoder, ReservoirDecoder, RidgeDecoder
 from .embeddings import LinearEmbedding, build_embedding
@@ -150,7 +150,7 @@ def build_model(
     n_rois: int,
     n_channels: int,
     device: str | torch.device = "cpu",
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Model:
     """Build the (untrained) model a configuration asks for.
 
