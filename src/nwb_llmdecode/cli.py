@@ -276,10 +276,11 @@ def _print_metrics(metrics: list[dict[str, Any]], stream: Any) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    config, job = _fit_config(args)  # options first: a bad one costs no heavy import
+    ablation = _csv(args.ablation, int, "--ablation")
+
     from .pipeline import fit
 
-    config, job = _fit_config(args)
-    ablation = _csv(args.ablation, int, "--ablation")
     progress = _progress(args.quiet)
     try:
         report = fit(
@@ -358,12 +359,14 @@ def _print_ablation(rows: list[dict[str, Any]], stream: Any) -> None:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    ks = None if args.k is None else _csv(args.k, int, "--k")
+
     from .pipeline import ABLATION_KS, ablate
 
     rows = ablate(
         args.results,
         checkpoint=args.checkpoint,
-        ks=ABLATION_KS if args.k is None else _csv(args.k, int, "--k"),
+        ks=ABLATION_KS if ks is None else ks,
         draws=args.draws,
         trust_remote_code=args.trust_remote_code,
     )

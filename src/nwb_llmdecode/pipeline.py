@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import FitConfig
-from .errors import ConfigError, DataError, OutputExistsError, SourceError
+from .checkpoint_meta import read_checkpoint_meta, read_session_meta
+from .config import BACKBONE_ALIASES, BASELINE_NAMES, FitConfig
+from .errors import BackboneError, ConfigError, DataError, OutputExistsError, SourceError
 from .io.atomic import publish_dir, remove_stale, temporary_path
 from .io.read import RESULTS_MODULE, read_session
 from .io.sources import is_remote, open_nwb
@@ -193,37 +194,42 @@ def _results_object_id(nwb_path: Path) -> str | None:
     return None if v is None else str(v)
 
 
-def _read_session_meta(ckpt: Path) -> dict[str, Any]:
-    """``session.json`` of a checkpoint, validated (a damaged one is a clear error)."""
-    p = ckpt / "session.json"
-    if not p.is_file():
-        return {}
+def _check_backbone_path(name: str) -> None:
+    """A backbone given as a path must exist: say so before any work (the full check,
+    :func:`~nwb_llmdecode.models.backbones.resolve_backbone`, needs torch)."""
+    if name in BASELINE_NAMES or name in BACKBONE_ALIASES:
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_like_path and not Path(name).expanduser().is_dir():
+        raise BackboneError(
+            f"unknown backbone {name!r}: no such directory; give {', '.join(BACKBONE_ALIASES)}, "
+            f"{', '.join(BASELINE_NAMES)}, a HuggingFace model id or an existing model directory"
+        )
+
+
+def _check_results_layout(path: Path) -> str | None:
+    """Cheap h5py checks of a results file before the session is read; returns the
+    results module's ``object_id`` (``None`` when the file is not HDF5: ``open_nwb``
+    then says what is wrong)."""
+    import h5py
+
     try:
-        meta = json.loads(p.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(
-            f"{p}: not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]}); the "
-            "checkpoint is damaged: save it again with fit"
-        ) from None
-    if not isinstance(meta, dict):
-        raise DataError(
-            f"{p}: holds a JSON {type(meta).__name__}, expected an object; the checkpoint is "
-            "damaged: save it again with fit"
-        )
-    for key in ("roi_series", "behavior_series"):
-        v = meta.get(key)
-        if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+        f = h5py.File(path, "r")
+    except OSError:
+        return None
+    with f:
+        group = f.get(f"processing/{RESULTS_MODULE}")
+        if group is None:
+            raise DataError(f"{path}: no processing/{RESULTS_MODULE} module; run fit first")
+        if not any(n.startswith("roi_salience") for n in group):
             raise DataError(
-                f"{p}: {key!r} is {v!r}, expected a list of object paths; the checkpoint is "
-                "damaged: save it again with fit"
+                f"{path}: no roi_salience table in processing/{RESULTS_MODULE}; fit with "
+                "--salience to compute it"
             )
-    n = meta.get("n_rois")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise DataError(
-            f"{p}: 'n_rois' is {n!r}, expected a positive integer; the checkpoint is damaged: "
-            "save it again with fit"
-        )
-    return meta
+        found = group.attrs.get("object_id")
+    if isinstance(found, bytes):
+        found = found.decode()
+    return None if found is None else str(found)
 
 
 def fit(
@@ -279,13 +285,12 @@ def fit(
     >>> report.output  # doctest: +SKIP
     PosixPath('session_desc-llmdecode.nwb')
     """
-    from .engine import fit_arrays
-
     t0 = time.perf_counter()
     config = config or FitConfig()
     if not isinstance(config, FitConfig):
         raise ConfigError(f"config must be a FitConfig, got {type(config).__name__}")
     ablation = _check_ablation(ablation, config.salience)
+    _check_backbone_path(config.backbone)
     target, ckpt_dir = _resolve_output(
         source, out, in_place=in_place, overwrite=overwrite, checkpoint=checkpoint
     )
@@ -307,6 +312,12 @@ def fit(
             f"ROI {int(cols[0])}, in {len(set(frames.tolist()))} frames and "
             f"{len(set(cols.tolist()))} ROIs; interpolate them or select other --rois"
         )
+
+    from .windows import split_blocks
+
+    split_blocks(len(activity), seq_len=config.seq_len, fractions=config.split)  # enough frames?
+
+    from .engine import fit_arrays  # torch: only once the inputs and outputs are checked
 
     result = fit_arrays(activity, behaviour, config=config, progress=progress)
     salience, ablation_rows = explain(
@@ -489,24 +500,23 @@ def predict(
     t0 = time.perf_counter()
     ckpt = Path(checkpoint)
     target, _ = _resolve_output(source, out, in_place=False, overwrite=overwrite)
-    if not ckpt.is_dir():
-        raise DataError(f"{ckpt}: no such checkpoint directory (fit writes <results>_checkpoint/)")
-    meta = _read_session_meta(ckpt)
+    ckpt_meta, _ = read_checkpoint_meta(ckpt)  # the JSON files first: no torch yet
+    meta = read_session_meta(ckpt)
+    if behavior is None and meta.get("behavior_series"):
+        behavior = [p.rsplit("/", 1)[-1] for p in meta["behavior_series"]]
+    with open_nwb(source, cache_dir=cache_dir) as src:
+        ds = read_session(src, rois=rois, behavior=behavior)
+    n_expected = ckpt_meta["n_rois"]
+    if ds.sizes["roi"] != n_expected:
+        raise DataError(
+            f"{ds.attrs['source']}: {ds.sizes['roi']} ROIs, but the decoder in {ckpt} was "
+            f"trained on {n_expected}; predict needs the same ROIs (select them with --rois)"
+        )
 
     from .engine import compute_metrics, load_checkpoint, predict_arrays
     from .windows import Block
 
     model = load_checkpoint(ckpt, trust_remote_code=trust_remote_code)
-    if behavior is None and meta.get("behavior_series"):
-        behavior = [p.rsplit("/", 1)[-1] for p in meta["behavior_series"]]
-    with open_nwb(source, cache_dir=cache_dir) as src:
-        ds = read_session(src, rois=rois, behavior=behavior)
-    n_expected = meta.get("n_rois")
-    if n_expected is not None and ds.sizes["roi"] != n_expected:
-        raise DataError(
-            f"{ds.attrs['source']}: {ds.sizes['roi']} ROIs, but the decoder in {ckpt} was "
-            f"trained on {n_expected}; predict needs the same ROIs (select them with --rois)"
-        )
     activity = np.asarray(ds["activity"].values, dtype=np.float32)
     predictions = predict_arrays(model, activity, progress=progress)
     behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
@@ -578,19 +588,11 @@ def ablate(
             f"{path}: no decoder checkpoint at {ckpt_dir}; give it with --checkpoint "
             "(fit writes <results stem>_checkpoint/ beside the results)"
         )
-    meta = _read_session_meta(ckpt_dir)
+    read_checkpoint_meta(ckpt_dir)
+    meta = read_session_meta(ckpt_dir)
     expected_id = meta.get("results_object_id")
+    found = _check_results_layout(path)
     if expected_id is not None:
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                group = f.get(f"processing/{RESULTS_MODULE}")
-                found = None if group is None else group.attrs.get("object_id")
-        except OSError:
-            found = expected_id  # not HDF5: open_nwb below says what is wrong
-        if isinstance(found, bytes):
-            found = found.decode()
         if found is not None and str(found) != str(expected_id):
             raise DataError(
                 f"{ckpt_dir}: this decoder checkpoint was written with other results than "

@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint_meta import CHECKPOINT_FILES, CHECKPOINT_FORMAT, read_checkpoint_meta
 from ..config import FitConfig
-from ..errors import BackboneError, ConfigError, DataError, LLMDecodeError, OutputExistsError
+from ..errors import BackboneError, DataError, LLMDecodeError, OutputExistsError
 from ..models.backbones import backbone_identity, identity_mismatch
 from ..models.baselines import ClosedFormDecoder
 from ..models.decoder import Decoder, Model, build_model
@@ -54,9 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Version of the checkpoint layout written by :func:`save_checkpoint`.
-CHECKPOINT_FORMAT = 1
-_FILES = ("config.json", "checkpoint.json", "weights.pt")
+_FILES = CHECKPOINT_FILES
 
 
 def package_versions() -> dict[str, str]:
@@ -178,53 +177,6 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
-def _positive_int(meta: dict[str, Any], key: str, where: Path) -> int:
-    v = meta.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise DataError(
-            f"{where}: {key!r} is {v!r}, expected a positive integer; the checkpoint is "
-            "damaged: save it again with fit"
-        )
-    return v
-
-
-def _read_meta(d: Path) -> tuple[dict[str, Any], FitConfig]:
-    """checkpoint.json and config.json, validated (never trusted: they are data)."""
-    texts = {}
-    for name in ("checkpoint.json", "config.json"):
-        try:
-            texts[name] = json.loads((d / name).read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(
-                f"{d / name}: not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                "the checkpoint is damaged: save it again with fit"
-            ) from None
-        if not isinstance(texts[name], dict):
-            raise DataError(
-                f"{d / name}: holds a JSON {type(texts[name]).__name__}, expected an object; "
-                "the checkpoint is damaged: save it again with fit"
-            )
-    meta = texts["checkpoint.json"]
-    try:
-        config = FitConfig.from_dict(texts["config.json"])
-    except ConfigError as e:
-        raise DataError(f"{d / 'config.json'}: {e}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(
-            f"{d}/checkpoint.json: format {meta.get('format')!r}, this version reads "
-            f"{CHECKPOINT_FORMAT}; save the decoder again with this version's fit"
-        )
-    for key in ("n_rois", "n_channels"):
-        _positive_int(meta, key, d / "checkpoint.json")
-    if meta.get("backbone") is not None and meta.get("backbone") != config.backbone:
-        raise DataError(
-            f"{d}: config.json names backbone {config.backbone!r} but the weights were "
-            f"trained on {meta.get('backbone')!r} (checkpoint.json); the two files do not "
-            "belong together: restore config.json or save the checkpoint again with fit"
-        )
-    return meta, config
-
-
 def _check_backbone(d: Path, meta: dict[str, Any], config: FitConfig) -> None:
     """Refuse a checkpoint whose backbone files are not the ones it was trained on."""
     if config.is_baseline or meta.get("kind") not in (None, "Decoder"):
@@ -306,12 +258,7 @@ def load_checkpoint(
         that was not allowed.
     """
     d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: no such checkpoint directory (fit writes <results>_checkpoint/)")
-    missing = [f for f in _FILES if not (d / f).is_file()]
-    if missing:
-        raise DataError(f"{d}: not a checkpoint directory (missing {', '.join(missing)})")
-    meta, config = _read_meta(d)
+    meta, config = read_checkpoint_meta(d)
     config = config.replace(trust_remote_code=bool(trust_remote_code))
     _check_backbone(d, meta, config)
     dev = resolve_device(device)
