@@ -53,7 +53,13 @@ def test_log_gets_one_line_per_epoch_and_salience_chunk(session: Path, tmp_path:
 
 
 def test_terminal_gets_progress_bars_not_log_lines(session: Path, tmp_path: Path) -> None:
+    import fcntl
+    import struct
+    import termios
+
     master, slave = os.openpty()
+    # a terminal of 24 x 100 (a fresh pty has no size, and tqdm draws nothing at width 0)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     args = [*EXE, "fit", session, *LSTM, "--salience", "none", "--out", tmp_path / "r.nwb"]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=slave, env=ENV)
     os.close(slave)
