@@ -65,11 +65,9 @@ def evil(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         )
     )
     session = make_session(d / "s.nwb", frames=120, rois=10, planes=1, n_drivers=3, seed=0).path
-    proc = run(
-        "fit", session, "--backbone", "lstm", "--epochs", "1", "--seq-len", "5", "-q",
-        "--salience", "saliency",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    from nwb_llmdecode.pipeline import fit
+
+    fit(session, config=FitConfig(backbone="lstm", epochs=1, seq_len=5, salience="saliency"))
     results = d / "s_desc-llmdecode.nwb"
     good = d / "s_desc-llmdecode_checkpoint"
     bad = d / "evil_checkpoint"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.resources
 import importlib.util
 import inspect
@@ -187,6 +188,14 @@ def resolve_backbone(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) within the process (a compare
+    grid saves many checkpoints of one backbone)."""
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     import hashlib
 
     h = hashlib.sha256()
