@@ -219,3 +219,37 @@ def test_sigterm_cleans_up_like_ctrl_c(session: Path, tmp_path: Path, in_place: 
         assert sha(src) == before
         assert in_place or not results.exists()
         _assert_consistent(results, ckpt, results_has_module=False)
+
+
+def test_checkpoint_is_published_before_the_results(session: Path, tmp_path: Path, monkeypatch):
+    """The order that makes a kill safe, checked deterministically in process."""
+    import nwb_llmdecode.pipeline as pl
+    from nwb_llmdecode.config import FitConfig
+
+    out = tmp_path / "out.nwb"
+    results_visible_at_publish = []
+    real = pl.publish_dir
+
+    def spy(tmp: Path, final: Path) -> None:
+        results_visible_at_publish.append(out.exists())
+        real(tmp, final)
+
+    monkeypatch.setattr(pl, "publish_dir", spy)
+    pl.fit(session, config=FitConfig(backbone="ridge", seq_len=5), out=out)
+    assert results_visible_at_publish == [False]
+    _assert_consistent(out, tmp_path / "out_checkpoint", results_has_module=True)
+
+
+def test_interrupt_at_the_publish_leaves_nothing(session: Path, tmp_path: Path, monkeypatch):
+    """Ctrl-C (or SIGTERM) just as the checkpoint would be published: no results, no
+    checkpoint, no temporaries."""
+    import nwb_llmdecode.pipeline as pl
+    from nwb_llmdecode.config import FitConfig
+
+    def interrupted(tmp: Path, final: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl, "publish_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pl.fit(session, config=FitConfig(backbone="ridge", seq_len=5), out=tmp_path / "o.nwb")
+    assert os.listdir(tmp_path) == []
