@@ -77,11 +77,16 @@ def _progress(quiet: bool) -> _TqdmProgress:
     tty = sys.stderr.isatty()
     if not quiet and not tty:
         plog = logging.getLogger("nwb_llmdecode.progress")
+        for h in [h for h in plog.handlers if getattr(h, "_llmdecode_lines", False)]:
+            plog.removeHandler(h)  # main() may run more than once in a process
         if not logging.getLogger("nwb_llmdecode").isEnabledFor(logging.INFO):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("nwb-llmdecode: %(message)s"))
+            handler._llmdecode_lines = True  # type: ignore[attr-defined]
             plog.addHandler(handler)
             plog.propagate = False
+        else:  # -v: the root handler shows it already
+            plog.propagate = True
         plog.setLevel(logging.INFO)
     return _TqdmProgress(enabled=not quiet and tty)
 
@@ -381,16 +386,21 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import predict
 
-    report = predict(
-        args.checkpoint,
-        args.source,
-        rois=args.rois,
-        behavior=args.behavior,
-        out=args.out,
-        overwrite=args.overwrite,
-        cache_dir=args.cache_dir,
-        trust_remote_code=args.trust_remote_code,
-    )
+    progress = _TqdmProgress(enabled=sys.stderr.isatty())
+    try:
+        report = predict(
+            args.checkpoint,
+            args.source,
+            rois=args.rois,
+            behavior=args.behavior,
+            out=args.out,
+            overwrite=args.overwrite,
+            cache_dir=args.cache_dir,
+            trust_remote_code=args.trust_remote_code,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     stream = sys.stderr if args.json else sys.stdout
     print(f"wrote {report.output}", file=stream)
     _print_metrics(report.metrics, stream)
