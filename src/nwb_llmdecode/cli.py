@@ -8,12 +8,13 @@ traceback). Heavy imports happen inside the commands so ``--help`` is fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -42,7 +43,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 class _TqdmProgress:
-    """``progress(stage, done, total)`` drawn as one tqdm bar per stage."""
+    """``progress(stage, done, total)`` drawn as one tqdm bar per stage (on a terminal)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -60,8 +61,7 @@ class _TqdmProgress:
             self.bar = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
         if self.bar is not None:
             self.bar.total = total
-            self.bar.n = done
-            self.bar.refresh()
+            self.bar.update(max(0, done - self.bar.n))  # update(): a true rate and ETA
             if done >= total:
                 self.close()
 
@@ -69,6 +69,26 @@ class _TqdmProgress:
         if self.bar is not None:
             self.bar.close()
         self.bar, self.stage = None, None
+
+
+def _progress(quiet: bool) -> _TqdmProgress:
+    """Bars on a terminal; elsewhere (logs, batch jobs) one line per epoch and per
+    salience chunk, from the ``nwb_llmdecode.progress`` logger."""
+    tty = sys.stderr.isatty()
+    if not quiet and not tty:
+        plog = logging.getLogger("nwb_llmdecode.progress")
+        for h in [h for h in plog.handlers if getattr(h, "_llmdecode_lines", False)]:
+            plog.removeHandler(h)  # main() may run more than once in a process
+        if not logging.getLogger("nwb_llmdecode").isEnabledFor(logging.INFO):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("nwb-llmdecode: %(message)s"))
+            handler._llmdecode_lines = True  # type: ignore[attr-defined]
+            plog.addHandler(handler)
+            plog.propagate = False
+        else:  # -v: the root handler shows it already
+            plog.propagate = True
+        plog.setLevel(logging.INFO)
+    return _TqdmProgress(enabled=not quiet and tty)
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,6 +181,7 @@ _FIT_KEYS = (
     "patience",
     "salience",
 )
+_JOB_KEYS = ("rois", "behavior", "out")
 
 
 def _load_config_file(path: str) -> dict[str, Any]:
@@ -169,7 +190,14 @@ def _load_config_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file")
-    text = p.read_text()
+    if p.suffix.lower() not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{p}: config files are TOML (.toml) or YAML (.yaml/.yml)")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {e.start}); save the config file as UTF-8"
+        ) from None
     try:
         if p.suffix.lower() == ".toml":
             try:
@@ -177,33 +205,71 @@ def _load_config_file(path: str) -> dict[str, Any]:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
             data = tomllib.loads(text)
-        elif p.suffix.lower() in (".yaml", ".yml"):
+        else:
             import yaml
 
             data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"{p}: config files are TOML (.toml) or YAML (.yaml/.yml)")
-    except ConfigError:
-        raise
     except Exception as exc:
-        raise ConfigError(f"{p}: cannot parse ({exc}); fix the syntax") from exc
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{p}: cannot parse ({reason}); fix the syntax") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: must hold a table/mapping of options")
-    data = data.get("fit", data)  # allow a [fit] table
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        raise ConfigError(f"{p}: must hold a table/mapping of options, not a {type(data).__name__}")
+    if "fit" in data:  # allow a [fit] table
+        data = data["fit"]
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{p}: 'fit' must be a table of options ([fit] in TOML, a mapping in YAML), "
+                f"not a {type(data).__name__}"
+            )
+    options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if "trust_remote_code" in options:
+        raise ConfigError(
+            f"{p}: trust_remote_code cannot be set in a config file (a file never switches "
+            "on code execution); pass --trust-remote-code on the command line"
+        )
+    for key in ("rois", "behavior"):
+        v = options.get(key)
+        if v is not None and not (
+            isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+        ):
+            raise ConfigError(
+                f"{p}: {key} = {v!r} is not valid: expected a series name or a list of names"
+            )
+    v = options.get("out")
+    if v is not None and (not isinstance(v, str) or not v.strip()):
+        raise ConfigError(f"{p}: out = {v!r} is not valid: expected an output file name")
+    return options
+
+
+def _parse_split(text: str) -> tuple[float, ...]:
+    from .errors import ConfigError
+
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--split {text}: expected three comma-separated fractions (train,validation,test) "
+            "summing to 1, e.g. --split 0.7,0.1,0.2"
+        ) from None
 
 
 def _fit_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from .config import FitConfig
+    from .errors import ConfigError
 
     options: dict[str, Any] = _load_config_file(args.config) if args.config else {}
-    job = {k: options.pop(k) for k in ("rois", "behavior", "out") if k in options}
+    job = {k: options.pop(k) for k in _JOB_KEYS if k in options}
+    if args.config:
+        try:  # a bad value in the file: name the file
+            FitConfig.from_dict(options)
+        except ConfigError as e:
+            raise ConfigError(f"{args.config}: {e}") from None
     for k in _FIT_KEYS:
         v = getattr(args, k, None)
         if v is not None:
             options[k] = v
     if getattr(args, "split", None):
-        options["split"] = tuple(float(x) for x in args.split.split(","))
+        options["split"] = _parse_split(args.split)
     return FitConfig.from_dict(options), job
 
 
@@ -215,10 +281,12 @@ def _print_metrics(metrics: list[dict[str, Any]], stream: Any) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    config, job = _fit_config(args)  # options first: a bad one costs no heavy import
+    ablation = _csv(args.ablation, int, "--ablation")
+
     from .pipeline import fit
 
-    config, job = _fit_config(args)
-    progress = _TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
+    progress = _progress(args.quiet)
     try:
         report = fit(
             args.source,
@@ -229,7 +297,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             in_place=args.in_place,
             overwrite=args.overwrite,
             cache_dir=args.cache_dir,
-            ablation=_csv(args.ablation, int),
+            ablation=ablation,
             progress=progress,
         )
     finally:
@@ -296,13 +364,16 @@ def _print_ablation(rows: list[dict[str, Any]], stream: Any) -> None:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    ks = None if args.k is None else _csv(args.k, int, "--k")
+
     from .pipeline import ABLATION_KS, ablate
 
     rows = ablate(
         args.results,
         checkpoint=args.checkpoint,
-        ks=_csv(args.k, int) or ABLATION_KS,
+        ks=ABLATION_KS if ks is None else ks,
         draws=args.draws,
+        trust_remote_code=args.trust_remote_code,
     )
     stream = sys.stderr if args.json else sys.stdout
     _print_ablation(rows, stream)
@@ -315,15 +386,21 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import predict
 
-    report = predict(
-        args.checkpoint,
-        args.source,
-        rois=args.rois,
-        behavior=args.behavior,
-        out=args.out,
-        overwrite=args.overwrite,
-        cache_dir=args.cache_dir,
-    )
+    progress = _TqdmProgress(enabled=sys.stderr.isatty())
+    try:
+        report = predict(
+            args.checkpoint,
+            args.source,
+            rois=args.rois,
+            behavior=args.behavior,
+            out=args.out,
+            overwrite=args.overwrite,
+            cache_dir=args.cache_dir,
+            trust_remote_code=args.trust_remote_code,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     stream = sys.stderr if args.json else sys.stdout
     print(f"wrote {report.output}", file=stream)
     _print_metrics(report.metrics, stream)
@@ -332,8 +409,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(text: str | None, cast: Any = str) -> tuple[Any, ...] | None:
-    return None if text is None else tuple(cast(v.strip()) for v in text.split(",") if v.strip())
+def _csv(text: str | None, cast: Any = str, option: str = "") -> tuple[Any, ...] | None:
+    from .errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(cast(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        kind = "whole numbers" if cast is int else "numbers"
+        raise ConfigError(
+            f"{option} {text}: expected comma-separated {kind}, e.g. {option} 10,50"
+        ) from None
+    if not values:
+        raise ConfigError(f"{option} {text!r}: give at least one value")
+    return values
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -342,14 +432,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     base, job = _fit_config(args)
     defaults = CompareGrid()
     grid = CompareGrid(
-        models=_csv(args.models) or defaults.models,
-        inits=_csv(args.init_list) or defaults.inits,
-        seq_lens=_csv(args.seq_lens, int) or defaults.seq_lens,
-        embeddings=_csv(args.embeddings) or (base.embedding,),
-        train_modes=_csv(args.train_modes) or (base.train_mode,),
+        models=_csv(args.models, str, "--models") or defaults.models,
+        inits=_csv(args.init_list, str, "--init") or defaults.inits,
+        seq_lens=_csv(args.seq_lens, int, "--seq-len") or defaults.seq_lens,
+        embeddings=_csv(args.embeddings, str, "--embedding") or (base.embedding,),
+        train_modes=_csv(args.train_modes, str, "--train-mode") or (base.train_mode,),
         seeds=args.seeds if args.seeds is not None else defaults.seeds,
     )
-    progress = _TqdmProgress(enabled=not args.quiet and sys.stderr.isatty())
+    progress = _progress(args.quiet)
     try:
         report = run_compare(
             args.source,
@@ -408,29 +498,85 @@ def _cmd_dandi_ls(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        prefix = f"{where}: " if where else ""
+        self.exit(
+            2,
+            f"nwb-llmdecode: error: {prefix}{' '.join(message.split())} (see {self.prog} --help)\n",
+        )
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` after every option that has one; options whose default
+    comes from :class:`~nwb_llmdecode.config.FitConfig` say it in their own help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _fit_default(name: str) -> str:
+    """``(default: X)`` with the FitConfig default of ``name``."""
+    import dataclasses
+
+    from .config import FitConfig
+
+    f = next(f for f in dataclasses.fields(FitConfig) if f.name == name)
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if isinstance(value, tuple):
+        value = ",".join(str(v) for v in value)
+    return f"(default: {value})"
+
+
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rois",
         action="append",
         metavar="SERIES",
-        help="ROI series by path or name (repeat for several planes); default: "
-        "the ΔF/F series of every plane",
+        help="ROI series by path or name (repeat for several planes) (default: the ΔF/F "
+        "series of every plane)",
     )
     p.add_argument(
         "--behavior",
         action="append",
         metavar="SERIES",
-        help="behaviour series by path or name (repeat for several)",
+        help="behaviour series by path or name (repeat for several) (default: every "
+        "behaviour series)",
     )
-    p.add_argument("--cache-dir", help="block cache for remote sources")
+    p.add_argument(
+        "--cache-dir", help="block cache for remote sources (default: the user cache directory)"
+    )
+
+
+def _trust_arg(p: Any, what: str) -> None:
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None if what == "fit" else False,
+        help=f"allow the backbone's own model code to run while {what} loads it; never "
+        "switched on by a file (config, checkpoint) (default: off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nwb-llmdecode",
         description="Decode behaviour from calcium imaging in NWB with language-model "
         "backbones; write predictions, metrics and salience back as NWB.",
+        formatter_class=_HelpFormatter,
     )
     from ._version import __version__
 
@@ -439,19 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="list ROI series, behaviour, images and planes of a file")
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kw)
+
+    p = add("inspect", help="list ROI series, behaviour, images and planes of a file")
     p.add_argument("source", help="NWB file, URL or DANDI identifier")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--cache-dir", help="block cache for remote sources")
+    p.add_argument(
+        "--cache-dir", help="block cache for remote sources (default: the user cache directory)"
+    )
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("synth", help="write a synthetic session with planted driver ROIs")
+    p = add("synth", help="write a synthetic session with planted driver ROIs")
     p.add_argument("out", help="output .nwb file")
-    p.add_argument("--frames", type=int, default=1200)
-    p.add_argument("--rois", type=int, default=300)
-    p.add_argument("--planes", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frame-rate", type=float, default=2.0)
+    p.add_argument("--frames", type=int, default=1200, help="imaging frames (volumes)")
+    p.add_argument("--rois", type=int, default=300, help="ROIs over all planes")
+    p.add_argument("--planes", type=int, default=2, help="imaging planes")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--frame-rate", type=float, default=2.0, help="volume rate in Hz")
     p.add_argument("--drivers", type=int, default=10, help="number of driver ROIs")
     p.add_argument("--channels", type=int, default=3, help="tail-angle channels")
     p.add_argument(
@@ -461,60 +612,83 @@ def build_parser() -> argparse.ArgumentParser:
         help="driver -> tail angle mapping: near-linear, or swim bouts (vigour x "
         "bend, which linear decoders cannot represent)",
     )
-    p.add_argument("--mask", choices=["image", "pixel", "voxel"], default="image")
+    p.add_argument(
+        "--mask", choices=["image", "pixel", "voxel"], default="image", help="ROI mask type"
+    )
     p.add_argument(
         "--behavior-timestamps",
         action="store_true",
         help="store behaviour with timestamps instead of a rate",
     )
     p.add_argument("--raw-imaging", action="store_true", help="add a raw TwoPhotonSeries")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.add_argument("--json", action="store_true", help="print the planted truth as JSON")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("fit", help="train a decoder and write the results as NWB")
+    p = add("fit", help="train a decoder and write the results as NWB")
     p.add_argument("source", help="NWB file, URL or DANDI identifier")
     _selection_args(p)
     g = p.add_argument_group("model")
     g.add_argument(
         "--backbone",
-        help="minilm (default), smollm2, ridge, lstm, reservoir, a "
-        "HuggingFace model id or a local model directory",
+        help="minilm, smollm2, ridge, lstm, reservoir, a HuggingFace model id or a local "
+        f"model directory {_fit_default('backbone')}",
     )
-    g.add_argument("--init", choices=["pretrained", "random"], help="backbone weights")
-    g.add_argument("--train-mode", choices=["frozen", "lora", "full"])
+    g.add_argument(
+        "--init",
+        choices=["pretrained", "random"],
+        help=f"backbone weights {_fit_default('init')}",
+    )
+    g.add_argument(
+        "--train-mode",
+        choices=["frozen", "lora", "full"],
+        help=f"what of the backbone trains {_fit_default('train_mode')}",
+    )
     g.add_argument(
         "--embedding",
         choices=["temporal", "linear", "positional"],
-        help="input embedding (default temporal)",
+        help=f"input embedding {_fit_default('embedding')}",
     )
     g.add_argument(
         "--embedding-kernel",
         type=int,
-        help="frames per token of the temporal embedding (default 3)",
+        help=f"frames per token of the temporal embedding {_fit_default('embedding_kernel')}",
     )
-    g.add_argument("--seq-len", type=int, help="window length in frames (default 20)")
+    g.add_argument("--seq-len", type=int, help=f"window length in frames {_fit_default('seq_len')}")
+    _trust_arg(g, "fit")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help=f"maximum epochs {_fit_default('epochs')}")
+    g.add_argument("--batch-size", type=int, help=f"windows per step {_fit_default('batch_size')}")
+    g.add_argument("--lr", type=float, help=f"learning rate of the new layers {_fit_default('lr')}")
     g.add_argument(
-        "--trust-remote-code",
+        "--patience",
+        type=int,
+        help=f"early-stopping patience in epochs {_fit_default('patience')}",
+    )
+    g.add_argument("--seed", type=int, help=f"random seed {_fit_default('seed')}")
+    g.add_argument(
+        "--split", help=f"train,validation,test fractions in time order {_fit_default('split')}"
+    )
+    g.add_argument(
+        "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N {_fit_default('device')}"
+    )
+    g.add_argument(
+        "--quantize",
+        choices=["4bit", "8bit"],
+        help="load the backbone quantised (bitsandbytes, CUDA; transformer backbones only) "
+        "(default: no quantisation)",
+    )
+    g.add_argument(
+        "--gradient-checkpointing",
         action="store_true",
         default=None,
-        help="allow a hub model's own code to run (off by default)",
+        help="trade compute for memory in the backbone (default: off)",
     )
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--split", help="train,validation,test fractions (default 0.7,0.1,0.2)")
-    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--quantize", choices=["4bit", "8bit"], help="load the backbone quantised")
-    g.add_argument("--gradient-checkpointing", action="store_true", default=None)
     g = p.add_argument_group("salience")
     g.add_argument(
         "--salience",
         choices=["integrated-gradients", "saliency", "grad-x-input", "none"],
-        help="attribution per ROI and frame on the test block (default integrated-gradients)",
+        help=f"attribution per ROI and frame on the test block {_fit_default('salience')}",
     )
     g.add_argument(
         "--ablation",
@@ -522,68 +696,85 @@ def build_parser() -> argparse.ArgumentParser:
         const="10,50,100",
         default=None,
         metavar="K,K,...",
-        help="ablate the top-k salient vs k random ROIs (default k: 10,50,100)",
+        help="ablate the top-k salient vs k random ROIs; --ablation alone uses k 10,50,100 "
+        "(default: no ablation check)",
     )
     g = p.add_argument_group("output")
-    g.add_argument("--out", help="output file (default <stem>_desc-llmdecode.nwb)")
+    g.add_argument(
+        "--out", help="output file (default: <stem>_desc-llmdecode.nwb beside the source)"
+    )
     g.add_argument("--in-place", action="store_true", help="add results to the source file")
     g.add_argument("--overwrite", action="store_true", help="replace existing results")
-    g.add_argument("--config", help="TOML or YAML file of options (the command line wins)")
+    g.add_argument(
+        "--config", help="TOML or YAML file of options; the command line wins (default: none)"
+    )
     g.add_argument(
         "--json", action="store_true", help="print a JSON summary as the last line of stdout"
     )
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=_cmd_fit)
 
-    p = sub.add_parser("compare", help="run a grid of decoders and seeds; write a report")
+    p = add("compare", help="run a grid of decoders and seeds; write a report")
     p.add_argument("source", help="NWB file, URL or DANDI identifier")
     _selection_args(p)
     p.add_argument(
         "--models",
-        help="comma-separated backbones and baselines (default minilm,ridge,lstm,reservoir)",
+        help="comma-separated backbones and baselines (default: minilm,ridge,lstm,reservoir)",
     )
-    p.add_argument("--init", dest="init_list", help="pretrained,random (default both)")
-    p.add_argument("--seq-len", dest="seq_lens", help="comma-separated (default 5,10,20)")
     p.add_argument(
-        "--embedding", dest="embeddings", help="temporal,linear,positional (default temporal)"
+        "--init", dest="init_list", help="comma-separated inits (default: pretrained,random)"
     )
-    p.add_argument("--train-mode", dest="train_modes", help="frozen,lora,full (default full)")
-    p.add_argument("--seeds", type=int, help="seeds per setting (default 3)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--seed", type=int, help="first seed")
-    p.add_argument("--device")
-    p.add_argument("--split", help="train,validation,test fractions")
-    p.add_argument("--config", help="TOML or YAML file of fit options")
+    p.add_argument("--seq-len", dest="seq_lens", help="comma-separated (default: 5,10,20)")
+    p.add_argument(
+        "--embedding",
+        dest="embeddings",
+        help=f"comma-separated: temporal, linear, positional {_fit_default('embedding')}",
+    )
+    p.add_argument(
+        "--train-mode",
+        dest="train_modes",
+        help=f"comma-separated: frozen, lora, full {_fit_default('train_mode')}",
+    )
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: the compare grid's)")
+    p.add_argument("--epochs", type=int, help=f"maximum epochs {_fit_default('epochs')}")
+    p.add_argument("--batch-size", type=int, help=f"windows per step {_fit_default('batch_size')}")
+    p.add_argument("--lr", type=float, help=f"learning rate {_fit_default('lr')}")
+    p.add_argument("--patience", type=int, help=f"early stopping {_fit_default('patience')}")
+    p.add_argument("--seed", type=int, help=f"first seed {_fit_default('seed')}")
+    p.add_argument("--device", help=f"auto, cpu, cuda or cuda:N {_fit_default('device')}")
+    p.add_argument("--split", help=f"train,validation,test fractions {_fit_default('split')}")
+    p.add_argument("--config", help="TOML or YAML file of fit options (default: none)")
     p.add_argument("--report", default="compare-report", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted comparison")
     p.add_argument("--overwrite", action="store_true", help="start again in --report")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("ablate", help="the ablation check on a results file")
+    p = add("ablate", help="the ablation check on a results file")
     p.add_argument("results", help="a *_desc-llmdecode.nwb file written by fit with salience")
-    p.add_argument("--checkpoint", help="decoder directory (default <results stem>_checkpoint)")
-    p.add_argument("--k", help="comma-separated numbers of ROIs (default 10,50,100)")
+    p.add_argument(
+        "--checkpoint", help="decoder directory (default: <results stem>_checkpoint/ beside it)"
+    )
+    p.add_argument("--k", help="comma-separated numbers of ROIs (default: 10,50,100)")
     p.add_argument("--draws", type=int, default=5, help="random draws per k")
-    p.add_argument("--json", action="store_true")
+    _trust_arg(p, "ablate")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     p.set_defaults(func=_cmd_ablate)
 
-    p = sub.add_parser("predict", help="apply a saved decoder to another session")
+    p = add("predict", help="apply a saved decoder to another session")
     p.add_argument("checkpoint", help="the *_checkpoint directory written by fit")
     p.add_argument("source", help="NWB file, URL or DANDI identifier (same ROIs)")
     _selection_args(p)
-    p.add_argument("--out")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--out", help="output file (default: <stem>_desc-llmdecode.nwb beside the source)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _trust_arg(p, "predict")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser(
-        "convert-nlp4neuro", help="turn NLP4Neuro .npy files (doi:10.7910/DVN/I8LULX) into NWB"
-    )
+    p = add("convert-nlp4neuro", help="turn NLP4Neuro .npy files (doi:10.7910/DVN/I8LULX) into NWB")
     p.add_argument("neural", help="fishN_neural_data_matched.npy (neurons x (frames + 2))")
     p.add_argument("tail", help="fishN_tail_data_matched.npy (frames x 6)")
     p.add_argument("out", help="output .nwb file")
@@ -591,26 +782,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--frame-rate",
         type=float,
         required=True,
-        help="imaging volume rate in Hz (not stored in the files)",
+        help="imaging volume rate in Hz (not stored in the files; required)",
     )
-    p.add_argument("--tail-full", help="fishN_tail_data_full.npy (200 Hz samples)")
-    p.add_argument("--positions", help=".npy of ROI positions (neurons x 2 or 3, pixels)")
-    p.add_argument("--subject-id", default="fish")
-    p.add_argument("--age", help="age in ISO 8601 (e.g. P7D)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--tail-full", help="fishN_tail_data_full.npy (200 Hz samples) (default: none)")
+    p.add_argument(
+        "--positions", help=".npy of ROI positions (neurons x 2 or 3, pixels) (default: none)"
+    )
+    p.add_argument("--subject-id", default="fish", help="subject_id of the NWB Subject")
+    p.add_argument("--age", help="age in ISO 8601, e.g. P7D (default: not recorded)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("dandi", help="browse the DANDI archive")
+    p = add("dandi", help="browse the DANDI archive")
     dsub = p.add_subparsers(dest="dandi_command", required=True, metavar="SUBCOMMAND")
-    q = dsub.add_parser("ls", help="list assets of a dandiset with their sizes")
+    q = dsub.add_parser(
+        "ls", help="list assets of a dandiset with their sizes", formatter_class=_HelpFormatter
+    )
     q.add_argument("spec", help="DANDISET[@VERSION][/PATH-PREFIX], e.g. 000123@draft/sub-1")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print one JSON list")
     q.set_defaults(func=_cmd_dandi_ls)
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` removes its temporaries."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _quiet_broken_pipe() -> None:
+    """stdout's reader went away (``| head``): not an error; silence the final flush."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - no file descriptor
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nwb-llmdecode`` command."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -622,16 +838,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import LLMDecodeError
 
     def _one_line(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
-        return f"nwb-llmdecode: warning: {message}\n"
+        return f"nwb-llmdecode: warning: {' '.join(str(message).split())}\n"
 
     warnings.formatwarning = _one_line
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
     except LLMDecodeError as exc:
         if args.debug:
             raise
-        print(f"nwb-llmdecode: error: {exc}", file=sys.stderr)
+        print(f"nwb-llmdecode: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
+    except _Terminated:
+        print("nwb-llmdecode: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("nwb-llmdecode: interrupted", file=sys.stderr)
         return 130
@@ -645,6 +872,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -387,6 +387,11 @@ class FitConfig:
         for name in ("gradient_checkpointing", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(name, "true or false")
+        if self.quantize is not None and self.backbone in BASELINE_NAMES:
+            raise ConfigError(
+                f"quantize={self.quantize!r} applies to transformer backbones only; the "
+                f"{self.backbone} baseline has no backbone to quantise: drop quantize"
+            )
         if self.quantize is not None and self.train_mode == "full":
             raise ConfigError(
                 f"quantize={self.quantize!r} cannot be combined with train_mode='full' "

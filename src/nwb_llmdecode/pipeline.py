@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,19 +18,22 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .config import FitConfig
-from .errors import ConfigError, DataError, OutputExistsError
+from .checkpoint_meta import read_checkpoint_meta, read_session_meta
+from .config import BACKBONE_ALIASES, BASELINE_NAMES, FitConfig
+from .errors import BackboneError, ConfigError, DataError, OutputExistsError, SourceError
+from .io.atomic import publish_dir, remove_stale, temporary_path
 from .io.read import RESULTS_MODULE, read_session
 from .io.sources import is_remote, open_nwb
 from .io.write import (
     DecodingResults,
+    check_in_place,
     check_output,
     default_output_path,
     write_derived,
     write_in_place,
 )
 
-__all__ = ["FitReport", "ablate", "explain", "fit", "predict"]
+__all__ = ["FitReport", "ablate", "checkpoint_dir_for", "explain", "fit", "predict"]
 
 #: Default numbers of ROIs ablated by the ablation check.
 ABLATION_KS = (10, 50, 100)
@@ -101,7 +105,12 @@ def _resolve_output(
     *,
     in_place: bool,
     overwrite: bool,
-) -> Path:
+    checkpoint: bool = False,
+) -> tuple[Path, Path | None]:
+    """Where a run writes (results file, checkpoint directory or None), refused before any
+    work when it cannot: existing outputs without ``overwrite``, unwritable files or
+    directories, ``--out`` under a file, the source as ``--out``, ``--in-place`` on a
+    remote or directory source, a stale checkpoint directory without its results."""
     if in_place:
         if is_remote(source):
             raise ConfigError(
@@ -111,23 +120,116 @@ def _resolve_output(
         if out is not None:
             raise ConfigError("--in-place and --out exclude each other; give one")
         path = Path(source)
-        if path.exists():
-            import h5py
+        results_exist = check_in_place(path, overwrite=overwrite)
+    else:
+        path = Path(out) if out is not None else default_output_path(source)
+        check_output(path, overwrite=overwrite)
+        if not is_remote(source) and path.exists() and path.resolve() == Path(source).resolve():
+            raise OutputExistsError(
+                f"{path}: is the source file; use --in-place to add results to it, or another --out"
+            )
+        results_exist = path.exists()
+    remove_stale(path)
+    if not checkpoint:
+        return path, None
+    ckpt = checkpoint_dir_for(path)
+    remove_stale(ckpt)
+    if ckpt.exists() or ckpt.is_symlink():
+        if not ckpt.is_dir():
+            raise OutputExistsError(
+                f"{ckpt}: exists and is not a checkpoint directory; remove it or choose another "
+                "--out"
+            )
+        if not overwrite and not results_exist:
+            raise OutputExistsError(
+                f"{ckpt}: a decoder checkpoint without its results file {path.name} (left by "
+                "an interrupted or deleted run?); pass --overwrite to replace it, or remove it"
+            )
+    return path, ckpt
 
-            try:
-                with h5py.File(path, "r") as f:
-                    has = f"processing/{RESULTS_MODULE}" in f
-            except OSError:
-                has = False  # open_nwb reports what is wrong with the file
-            if has and not overwrite:
-                raise OutputExistsError(
-                    f"{path}: already has a processing/{RESULTS_MODULE} module; pass "
-                    "--overwrite to replace it"
-                )
-        return path
-    path = Path(out) if out is not None else default_output_path(source)
-    check_output(path, overwrite=overwrite)
-    return path
+
+def checkpoint_dir_for(results: str | os.PathLike[str]) -> Path:
+    """The checkpoint directory ``fit`` writes beside a results file.
+
+    Examples
+    --------
+    >>> checkpoint_dir_for("out/s_desc-llmdecode.nwb").as_posix()
+    'out/s_desc-llmdecode_checkpoint'
+    """
+    p = Path(results)
+    return p.with_name(f"{p.stem}_checkpoint")
+
+
+def _check_ks(ablation: Sequence[int], option: str) -> tuple[int, ...]:
+    ks = tuple(ablation)
+    bad = [k for k in ks if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1]
+    if not ks or bad:
+        raise ConfigError(
+            f"{option} {','.join(map(str, ks))}: expected positive whole numbers of ROIs, e.g. "
+            f"{option} 10,50,100"
+        )
+    return tuple(int(k) for k in ks)
+
+
+def _check_ablation(ablation: Sequence[int] | None, salience: str) -> tuple[int, ...] | None:
+    if ablation is None:
+        return None
+    ks = _check_ks(ablation, "--ablation")
+    if salience == "none":
+        raise ConfigError(
+            "--ablation needs salience to rank the ROIs, but salience is 'none'; drop "
+            "--salience none or --ablation"
+        )
+    return ks
+
+
+def _results_object_id(nwb_path: Path) -> str | None:
+    """``object_id`` of the results module in a written file (ties a checkpoint to it)."""
+    import h5py
+
+    with h5py.File(nwb_path, "r") as f:
+        v = f[f"processing/{RESULTS_MODULE}"].attrs.get("object_id")
+    if isinstance(v, bytes):
+        v = v.decode()
+    return None if v is None else str(v)
+
+
+def _check_backbone_path(name: str) -> None:
+    """A backbone given as a path must exist: say so before any work (the full check,
+    :func:`~nwb_llmdecode.models.backbones.resolve_backbone`, needs torch)."""
+    if name in BASELINE_NAMES or name in BACKBONE_ALIASES:
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_like_path and not Path(name).expanduser().is_dir():
+        raise BackboneError(
+            f"unknown backbone {name!r}: no such directory; give {', '.join(BACKBONE_ALIASES)}, "
+            f"{', '.join(BASELINE_NAMES)}, a HuggingFace model id or an existing model directory"
+        )
+
+
+def _check_results_layout(path: Path) -> str | None:
+    """Cheap h5py checks of a results file before the session is read; returns the
+    results module's ``object_id`` (``None`` when the file is not HDF5: ``open_nwb``
+    then says what is wrong)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        return None
+    with f:
+        group = f.get(f"processing/{RESULTS_MODULE}")
+        if group is None:
+            raise DataError(f"{path}: no processing/{RESULTS_MODULE} module; run fit first")
+        if not any(n.startswith("roi_salience") for n in group):
+            raise DataError(
+                f"{path}: no roi_salience table in processing/{RESULTS_MODULE}; fit with "
+                "--salience to compute it"
+            )
+        found = group.attrs.get("object_id")
+    if isinstance(found, bytes):
+        found = found.decode()
+    return None if found is None else str(found)
 
 
 def fit(
@@ -183,11 +285,15 @@ def fit(
     >>> report.output  # doctest: +SKIP
     PosixPath('session_desc-llmdecode.nwb')
     """
-    from .engine import fit_arrays
-
     t0 = time.perf_counter()
     config = config or FitConfig()
-    target = _resolve_output(source, out, in_place=in_place, overwrite=overwrite)
+    if not isinstance(config, FitConfig):
+        raise ConfigError(f"config must be a FitConfig, got {type(config).__name__}")
+    ablation = _check_ablation(ablation, config.salience)
+    _check_backbone_path(config.backbone)
+    target, ckpt_dir = _resolve_output(
+        source, out, in_place=in_place, overwrite=overwrite, checkpoint=checkpoint
+    )
 
     if progress:
         progress("read session", 0, 1)
@@ -206,6 +312,12 @@ def fit(
             f"ROI {int(cols[0])}, in {len(set(frames.tolist()))} frames and "
             f"{len(set(cols.tolist()))} ROIs; interpolate them or select other --rois"
         )
+
+    from .windows import split_blocks
+
+    split_blocks(len(activity), seq_len=config.seq_len, fractions=config.split)  # enough frames?
+
+    from .engine import fit_arrays  # torch: only once the inputs and outputs are checked
 
     result = fit_arrays(activity, behaviour, config=config, progress=progress)
     salience, ablation_rows = explain(
@@ -234,37 +346,53 @@ def fit(
         salience=salience,
         ablation=ablation_rows,
     )
+    session_meta = {
+        "source": str(source),
+        "results_file": str(target),
+        "roi_series": json.loads(ds.attrs["roi_series"]),
+        "behavior_series": json.loads(ds.attrs["behavior_series"]),
+        "n_rois": int(ds.sizes["roi"]),
+        "channels": [
+            {"behavior": str(s), "channel": int(c), "unit": str(u)}
+            for s, c, u in zip(
+                ds["series"].values,
+                ds["series_channel"].values,
+                ds["unit"].values,
+                strict=True,
+            )
+        ],
+    }
     if progress:
         progress("write results", 0, 1)
-    if in_place:
-        output = write_in_place(target, results, overwrite=overwrite)
-    else:
-        with open_nwb(source, cache_dir=cache_dir) as src:
-            output = write_derived(src, results, target, overwrite=overwrite)
+    # The checkpoint is built in a hidden temporary directory and published (renamed)
+    # just before the results file, which is renamed into place last: a kill leaves the
+    # old state, or a new checkpoint whose results file never appeared (refused by the
+    # next fit unless --overwrite, and by ablate, which matches the results module's
+    # object_id recorded in session.json).
+    ckpt_tmp = temporary_path(ckpt_dir) if ckpt_dir is not None else None
+    try:
+        if ckpt_tmp is not None:
+            result.save_checkpoint(ckpt_tmp)
+
+        def publish(tmp_nwb: Path) -> None:
+            if ckpt_tmp is None or ckpt_dir is None:
+                return
+            meta = dict(session_meta, results_object_id=_results_object_id(tmp_nwb))
+            (ckpt_tmp / "session.json").write_text(json.dumps(meta, indent=2))
+            publish_dir(ckpt_tmp, ckpt_dir)
+
+        if in_place:
+            output = write_in_place(target, results, overwrite=overwrite, before_publish=publish)
+        else:
+            with open_nwb(source, cache_dir=cache_dir) as src:
+                output = write_derived(
+                    src, results, target, overwrite=overwrite, before_publish=publish
+                )
+    finally:
+        if ckpt_tmp is not None and ckpt_tmp.exists():
+            shutil.rmtree(ckpt_tmp, ignore_errors=True)
     if progress:
         progress("write results", 1, 1)
-
-    ckpt_dir: Path | None = None
-    if checkpoint:
-        ckpt_dir = output.with_name(f"{output.stem}_checkpoint")
-        result.save_checkpoint(ckpt_dir)
-        meta = {
-            "source": str(source),
-            "results_file": str(output),
-            "roi_series": json.loads(ds.attrs["roi_series"]),
-            "behavior_series": json.loads(ds.attrs["behavior_series"]),
-            "n_rois": int(ds.sizes["roi"]),
-            "channels": [
-                {"behavior": str(s), "channel": int(c), "unit": str(u)}
-                for s, c, u in zip(
-                    ds["series"].values,
-                    ds["series_channel"].values,
-                    ds["unit"].values,
-                    strict=True,
-                )
-            ],
-        }
-        (ckpt_dir / "session.json").write_text(json.dumps(meta, indent=2))
     return FitReport(
         output=output,
         metrics=_named_metrics(ds, result.metrics),
@@ -360,30 +488,35 @@ def predict(
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    trust_remote_code: bool = False,
 ) -> FitReport:
     """Apply a saved decoder to another session of the same ROIs and write the results.
 
-    The whole session is predicted and evaluated as one block (split ``all``).
+    The whole session is predicted and evaluated as one block (split ``all``). The
+    checkpoint is data: its ``config.json`` cannot switch on remote code; only
+    ``trust_remote_code=True`` (``--trust-remote-code``) lets the backbone run its own
+    code.
     """
-    from .engine import compute_metrics, load_checkpoint, predict_arrays
-    from .windows import Block
-
     t0 = time.perf_counter()
     ckpt = Path(checkpoint)
-    model = load_checkpoint(ckpt)
-    meta_path = ckpt / "session.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    target, _ = _resolve_output(source, out, in_place=False, overwrite=overwrite)
+    ckpt_meta, _ = read_checkpoint_meta(ckpt)  # the JSON files first: no torch yet
+    meta = read_session_meta(ckpt)
     if behavior is None and meta.get("behavior_series"):
         behavior = [p.rsplit("/", 1)[-1] for p in meta["behavior_series"]]
-    target = _resolve_output(source, out, in_place=False, overwrite=overwrite)
     with open_nwb(source, cache_dir=cache_dir) as src:
         ds = read_session(src, rois=rois, behavior=behavior)
-    n_expected = meta.get("n_rois")
-    if n_expected is not None and ds.sizes["roi"] != n_expected:
+    n_expected = ckpt_meta["n_rois"]
+    if ds.sizes["roi"] != n_expected:
         raise DataError(
             f"{ds.attrs['source']}: {ds.sizes['roi']} ROIs, but the decoder in {ckpt} was "
             f"trained on {n_expected}; predict needs the same ROIs (select them with --rois)"
         )
+
+    from .engine import compute_metrics, load_checkpoint, predict_arrays
+    from .windows import Block
+
+    model = load_checkpoint(ckpt, trust_remote_code=trust_remote_code)
     activity = np.asarray(ds["activity"].values, dtype=np.float32)
     predictions = predict_arrays(model, activity, progress=progress)
     behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
@@ -428,26 +561,49 @@ def ablate(
     ks: Sequence[int] = ABLATION_KS,
     draws: int = 5,
     write: bool = True,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """The ablation check on a results file written by ``fit`` (with salience).
 
     Reads the session, the ``roi_salience`` tables and the test block from the results
     file, loads the decoder from ``<stem>_checkpoint/`` beside it, and writes the
-    ``salience_ablation`` table into the results file (atomically).
+    ``salience_ablation`` table into the results file (atomically). The checkpoint must
+    be the one written with these results (its ``session.json`` records the results
+    module's ``object_id``). ``trust_remote_code`` is as in :func:`predict`.
     """
-    from .engine import load_checkpoint
-    from .io.write import write_ablation
-    from .windows import Block
+    from .io.atomic import check_writable_file
 
     path = Path(results_path)
-    ckpt_dir = Path(checkpoint) if checkpoint else path.with_name(f"{path.stem}_checkpoint")
+    ks = _check_ks(ks, "--k")
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 0:
+        raise ConfigError(f"draws={draws!r}: expected a whole number >= 0 (--draws)")
+    if not path.is_file():
+        raise SourceError(f"{path}: no such results file (fit writes <stem>_desc-llmdecode.nwb)")
+    if write:
+        check_writable_file(path, what=f"ablate {path}")
+        remove_stale(path)
+    ckpt_dir = Path(checkpoint) if checkpoint else checkpoint_dir_for(path)
     if not ckpt_dir.is_dir():
         raise DataError(
             f"{path}: no decoder checkpoint at {ckpt_dir}; give it with --checkpoint "
             "(fit writes <results stem>_checkpoint/ beside the results)"
         )
-    meta_path = ckpt_dir / "session.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    read_checkpoint_meta(ckpt_dir)
+    meta = read_session_meta(ckpt_dir)
+    expected_id = meta.get("results_object_id")
+    found = _check_results_layout(path)
+    if expected_id is not None:
+        if found is not None and str(found) != str(expected_id):
+            raise DataError(
+                f"{ckpt_dir}: this decoder checkpoint was written with other results than "
+                f"{path} (results module object_id {found}, checkpoint for {expected_id}; an "
+                "interrupted fit --overwrite?); run fit again, or give the right --checkpoint"
+            )
+
+    from .engine import load_checkpoint
+    from .io.write import write_ablation
+    from .windows import Block
+
     with open_nwb(path) as src:
         ds = read_session(src, rois=meta.get("roi_series"), behavior=meta.get("behavior_series"))
         if RESULTS_MODULE not in src.nwbfile.processing:
@@ -467,13 +623,23 @@ def ablate(
             plane = region.table.name
             for row, value in zip(region.data[:], t["salience"].data[:], strict=True):
                 salience[(planes == plane) & (rows == int(row))] = float(value)
+        if "decoding_splits" not in module.data_interfaces:
+            raise DataError(
+                f"{path}: no processing/{RESULTS_MODULE}/decoding_splits; run fit again"
+            )
         splits = module["decoding_splits"].to_dataframe()
-    column = "split_name" if "split_name" in splits else "split"  # "split": older files
-    test = splits[splits[column] == "test"].iloc[0]
+    # the split name column is 'split_name' (NWB_RESULTS.md); files before it have 'split'
+    column = "split_name" if "split_name" in splits.columns else "split"
+    test_rows = splits[splits[column] == "test"] if column in splits.columns else splits[:0]
+    if not len(test_rows):
+        raise DataError(
+            f"{path}: processing/{RESULTS_MODULE}/decoding_splits has no test block; run fit again"
+        )
+    test = test_rows.iloc[0]
     times = ds["time"].values
     start = int(np.searchsorted(times, test["start_time"] - 1e-9))
     stop = int(np.searchsorted(times, test["stop_time"] - 1e-9))
-    ckpt = load_checkpoint(ckpt_dir)
+    ckpt = load_checkpoint(ckpt_dir, trust_remote_code=trust_remote_code)
     if ckpt.n_rois != ds.sizes["roi"]:
         raise DataError(f"{ckpt_dir}: decoder of {ckpt.n_rois} ROIs, results of {ds.sizes['roi']}")
     activity = np.asarray(ds["activity"].values, dtype=np.float32)

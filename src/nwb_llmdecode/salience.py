@@ -19,6 +19,7 @@ salient ROIs by that same baseline and compares the test error with ablating k r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("nwb_llmdecode.progress")
 
 #: Salience methods and the captum class behind each.
 METHODS = {
@@ -114,6 +116,8 @@ def compute_salience(
     import captum.attr as ca
     import torch
 
+    from .engine.train import format_eta
+
     if method not in METHODS:
         raise ConfigError(f"salience method {method!r} unknown; use one of {', '.join(METHODS)}")
     x = np.asarray(x, dtype=np.float32)
@@ -137,6 +141,11 @@ def compute_salience(
     course_n = torch.zeros(n_frames, dtype=torch.float64, device=device)
     deltas, out_scale = [], []
     n_batches = int(np.ceil(len(starts) / batch_size))
+    stage = f"salience ({method})"
+    n_units = n_batches * n_channels  # progress moves with every (batch, channel) pass
+    t0 = time.perf_counter()
+    if progress:
+        progress(stage, 0, n_units)
     for b in range(n_batches):
         s = torch.as_tensor(starts[b * batch_size : (b + 1) * batch_size], device=device)
         frames = s[:, None] + offsets  # (B, L)
@@ -162,12 +171,22 @@ def compute_salience(
             a = attr.detach().abs().to(torch.float64)
             by_output[c] += a.sum(dim=(0, 1))
             batch_abs += a
+            if progress:
+                progress(stage, b * n_channels + c + 1, n_units)
         course_sum.index_add_(0, frames.reshape(-1), (batch_abs / n_channels).reshape(-1, n_rois))
         course_n.index_add_(
             0, frames.reshape(-1), torch.ones(frames.numel(), dtype=torch.float64, device=device)
         )
-        if progress:
-            progress(f"salience ({method})", b + 1, n_batches)
+        spent = time.perf_counter() - t0
+        progress_log.info(
+            "%s: chunk %d/%d (%d windows), %.1f s, ETA %s",
+            stage,
+            b + 1,
+            n_batches,
+            len(s),
+            spent,
+            format_eta(spent / (b + 1) * (n_batches - b - 1)),
+        )
     model.train(was_training)
 
     by_output_np = (by_output / (len(starts) * seq_len)).cpu().numpy().T  # (rois, channels)

@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint_meta import CHECKPOINT_FILES, CHECKPOINT_FORMAT, read_checkpoint_meta
 from ..config import FitConfig
-from ..errors import ConfigError, DataError, OutputExistsError
+from ..errors import BackboneError, DataError, LLMDecodeError, OutputExistsError
+from ..models.backbones import backbone_identity, identity_mismatch
 from ..models.baselines import ClosedFormDecoder
 from ..models.decoder import Decoder, Model, build_model
 from ..windows import Block
@@ -53,9 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Version of the checkpoint layout written by :func:`save_checkpoint`.
-CHECKPOINT_FORMAT = 1
-_FILES = ("config.json", "checkpoint.json", "weights.pt")
+_FILES = CHECKPOINT_FILES
 
 
 def package_versions() -> dict[str, str]:
@@ -160,6 +160,7 @@ def save_checkpoint(
             causal=bool(model.causal),
             train_mode=model.train_mode,
             whole_backbone_saved=model.saves_whole_backbone,
+            backbone_identity=backbone_identity(result.config.backbone),
         )
     _atomic_write(d / "weights.pt", lambda p: torch.save(state, p))
     _atomic_write(d / "config.json", lambda p: p.write_text(result.config.to_json(indent=2)))
@@ -171,11 +172,73 @@ def save_checkpoint(
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -> Checkpoint:
+def _check_backbone(d: Path, meta: dict[str, Any], config: FitConfig) -> None:
+    """Refuse a checkpoint whose backbone files are not the ones it was trained on."""
+    if config.is_baseline or meta.get("kind") not in (None, "Decoder"):
+        return
+    recorded = meta.get("backbone_identity")
+    if not isinstance(recorded, dict):
+        log.warning(
+            "%s: checkpoint.json records no backbone identity (written before "
+            "nwb-llmdecode recorded it); cannot verify that backbone %r is the one it was "
+            "trained on",
+            d,
+            config.backbone,
+        )
+        return
+    current = backbone_identity(config.backbone)
+    weights_matter = config.init == "pretrained" and not meta.get("whole_backbone_saved")
+    why = identity_mismatch(recorded, current, weights_matter=weights_matter)
+    if why is not None:
+        was = recorded.get("version") or recorded.get("revision") or recorded.get("path") or ""
+        raise BackboneError(
+            f"{d}: the decoder was trained on backbone {config.backbone!r}"
+            + (f" ({was})" if was else "")
+            + f", but the backbone found now is not the same ({why}); install the backbone "
+            "it was trained on, or fit again"
+        )
+
+
+def _read_weights(path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, a pickle of objects...
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"{path}: not a readable weights file ({type(e).__name__}: {first}); only plain "
+            "tensor state dicts are loaded (never pickled objects): save the checkpoint "
+            "again with fit"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise DataError(
+            f"{path}: expected a dict of named tensors, got {type(state).__name__}; save "
+            "the checkpoint again with fit"
+        )
+    return state
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> Checkpoint:
     """Rebuild a trained model from a checkpoint directory.
+
+    A checkpoint is data: nothing in it can switch on code execution. Its
+    ``config.json`` may say ``trust_remote_code``; that is ignored, and only the
+    ``trust_remote_code`` argument here (``--trust-remote-code`` on the command line)
+    lets a backbone run its own code. The backbone's identity recorded by
+    :func:`save_checkpoint` (packaged version, hub revision or directory, and SHA-256 of
+    its config and weight files) must match the backbone found now; checkpoints written
+    before the identity was recorded load with a logged warning.
 
     Parameters
     ----------
@@ -183,32 +246,33 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -
         Written by :func:`save_checkpoint`.
     device
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    trust_remote_code
+        Allow the backbone's own model code to run (only for code you trust).
 
     Raises
     ------
     DataError
-        Missing files, an unknown format, or weights that do not fit the model.
+        Missing or damaged files, an unknown format, or weights that do not fit the model.
+    BackboneError
+        The backbone is not the one the decoder was trained on, or it needs remote code
+        that was not allowed.
     """
     d = Path(directory)
-    missing = [f for f in _FILES if not (d / f).is_file()]
-    if missing:
-        raise DataError(f"{d}: not a checkpoint directory (missing {', '.join(missing)})")
-    try:
-        meta = json.loads((d / "checkpoint.json").read_text())
-        config = FitConfig.from_json((d / "config.json").read_text())
-    except (json.JSONDecodeError, ConfigError) as e:
-        raise DataError(f"{d}: unreadable checkpoint metadata ({e})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(
-            f"{d}/checkpoint.json: format {meta.get('format')!r}, this version reads "
-            f"{CHECKPOINT_FORMAT}"
-        )
+    meta, config = read_checkpoint_meta(d)
+    config = config.replace(trust_remote_code=bool(trust_remote_code))
+    _check_backbone(d, meta, config)
     dev = resolve_device(device)
-    state = torch.load(d / "weights.pt", map_location=dev, weights_only=True)
+    state = _read_weights(d / "weights.pt", dev)
     model_state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
-    norm = Normalization.from_state_dict(
-        {k[5:]: v for k, v in state.items() if k.startswith("norm.")}
-    )
+    try:
+        norm = Normalization.from_state_dict(
+            {k[5:]: v for k, v in state.items() if k.startswith("norm.")}
+        )
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise DataError(
+            f"{d}/weights.pt: no usable normalisation statistics ({type(e).__name__}: {e}); "
+            "save the checkpoint again with fit"
+        ) from None
     n_rois, n_channels = int(meta["n_rois"]), int(meta["n_channels"])
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)
@@ -218,6 +282,38 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -
             n_channels=n_channels,
             device=dev,
         )
+    shapes = (norm.activity_mean.shape, norm.activity_std.shape)
+    shapes_b = (norm.behavior_mean.shape, norm.behavior_std.shape)
+    if shapes != ((n_rois,),) * 2 or shapes_b != ((n_channels,),) * 2:
+        raise DataError(
+            f"{d}/weights.pt: normalisation statistics of shapes {shapes + shapes_b}, but "
+            f"checkpoint.json says {n_rois} ROIs and {n_channels} channels; the files do not "
+            "belong together: save the checkpoint again with fit"
+        )
+    try:
+        _load_weights(model, model_state, meta, d)
+    except LLMDecodeError:
+        raise
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:  # torch: many lines
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"{d}/weights.pt does not fit the model that config.json describes ({first}); "
+            "the files do not belong together: save the checkpoint again with fit"
+        ) from None
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    return Checkpoint(
+        model=model,
+        config=config,
+        normalization=norm,
+        n_rois=n_rois,
+        n_channels=n_channels,
+        meta=meta,
+        path=d,
+    )
+
+
+def _load_weights(model: Model, model_state: dict[str, Any], meta: dict[str, Any], d: Path) -> None:
     if isinstance(model, ClosedFormDecoder):
         model.load_state_dict(model_state)
     elif isinstance(model, Decoder):
@@ -233,21 +329,7 @@ def load_checkpoint(directory: str | os.PathLike[str], *, device: str = "cpu") -
         if bad:
             raise DataError(f"{d}/weights.pt lacks weights of this model: {bad[:5]}")
     else:
-        try:
-            model.load_state_dict(model_state)
-        except RuntimeError as e:
-            raise DataError(f"{d}/weights.pt does not fit the model: {e}") from None
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    return Checkpoint(
-        model=model,
-        config=config,
-        normalization=norm,
-        n_rois=n_rois,
-        n_channels=n_channels,
-        meta=meta,
-        path=d,
-    )
+        model.load_state_dict(model_state)
 
 
 def predict_arrays(

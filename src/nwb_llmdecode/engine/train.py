@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: One concise INFO line per epoch (and per salience chunk) for logs and batch jobs; the
+#: command line shows this logger when stderr is not a terminal.
+progress_log = logging.getLogger("nwb_llmdecode.progress")
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: stages ``"load backbone"``, ``"epoch 3/20"``,
@@ -222,6 +225,22 @@ class FitResult:
 # ----------------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------------
+
+
+def format_eta(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 5 s"`` or ``"1 h 02 min"``.
+
+    Examples
+    --------
+    >>> format_eta(0.4), format_eta(185), format_eta(3725)
+    ('0 s', '3 min 5 s', '1 h 02 min')
+    """
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _where(mask: np.ndarray) -> str:
@@ -415,6 +434,7 @@ def _train_torch(
     best_loss, best_epoch, best_state = float("inf"), 0, None
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     stopped = False
+    t_train = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         stage = f"epoch {epoch}/{config.epochs}"
@@ -465,13 +485,17 @@ def _train_torch(
                 "seconds": time.perf_counter() - t0,
             }
         )
-        log.info(
-            "%s: train loss %.4f, validation loss %.4f (R² %.3f)%s",
+        spent = time.perf_counter() - t_train
+        left = config.epochs - epoch
+        progress_log.info(
+            "%s: train loss %.4f, validation loss %.4f, validation R² %.3f%s, %.1f s, ETA %s",
             stage,
             train_loss,
             val_loss,
             val_r2,
-            " *" if improved else "",
+            " (best)" if improved else "",
+            history[-1]["seconds"],
+            format_eta(spent / epoch * left) + (" at most" if left and config.patience else ""),
         )
         if (
             config.patience > 0

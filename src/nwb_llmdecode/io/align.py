@@ -23,6 +23,8 @@ def frame_edges(frame_times: np.ndarray) -> np.ndarray:
     t = np.asarray(frame_times, dtype=np.float64)
     if t.ndim != 1 or t.size == 0:
         raise ValueError("frame_times must be a non-empty 1-D array")
+    if not np.isfinite(t).all() or (np.diff(t) <= 0).any():
+        raise ValueError("frame_times must be finite and strictly increasing")
     step = float(np.median(np.diff(t))) if t.size > 1 else 1.0
     return np.append(t, t[-1] + step)
 
@@ -47,7 +49,9 @@ def frame_average(
     Parameters
     ----------
     sample_times
-        (n_samples,) sample times in seconds, sorted.
+        (n_samples,) sample times in seconds, finite (any order: each sample is placed
+        by its own time; :func:`~nwb_llmdecode.io.read.read_session` sorts unsorted
+        behaviour timestamps with a warning before reading a time range).
     samples
         (n_samples,) or (n_samples, n_channels) values; NaN samples are ignored.
     edges
@@ -75,7 +79,7 @@ def frame_average(
     n_frames = len(edges) - 1
     # A sample within a millionth of a sample period of an edge counts as on it: times
     # computed from a rate carry rounding error that must not move samples across frames.
-    tol = 1e-6 * float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    tol = 1e-6 * abs(float(np.median(np.diff(t)))) if len(t) > 1 else 0.0
     frame = np.searchsorted(edges, t + tol, side="right") - 1
     inside = (frame >= 0) & (frame < n_frames)
     frame, x = frame[inside], x[inside]

