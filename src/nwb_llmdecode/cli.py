@@ -451,6 +451,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             cache_dir=args.cache_dir,
+            scheduler=args.scheduler,
+            cluster_config=args.cluster_config,
             progress=progress,
         )
     finally:
@@ -735,7 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="train_modes",
         help=f"comma-separated: frozen, lora, full {_fit_default('train_mode')}",
     )
-    p.add_argument("--seeds", type=int, help="seeds per setting (default: the compare grid's)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="seeds per setting (default: 10, the paper's; fewer than 6 warn: no test across "
+        "seeds could reach p < 0.05)",
+    )
     p.add_argument("--epochs", type=int, help=f"maximum epochs {_fit_default('epochs')}")
     p.add_argument("--batch-size", type=int, help=f"windows per step {_fit_default('batch_size')}")
     p.add_argument("--lr", type=float, help=f"learning rate {_fit_default('lr')}")
@@ -745,6 +752,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help=f"train,validation,test fractions {_fit_default('split')}")
     p.add_argument("--config", help="TOML or YAML file of fit options (default: none)")
     p.add_argument("--report", default="compare-report", help="output directory")
+    p.add_argument(
+        "--scheduler",
+        default="local",
+        help="where the runs go: local (serial, in this process), processes:N (a local Dask "
+        "cluster of N worker processes), tcp://HOST:PORT (a running Dask scheduler) or slurm "
+        "(dask-jobqueue; see --cluster-config)",
+    )
+    p.add_argument(
+        "--cluster-config",
+        help="YAML or TOML file of Slurm options for --scheduler slurm (queue, cores, memory, "
+        "walltime, gpus, jobs...) (default: none)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted comparison")
     p.add_argument("--overwrite", action="store_true", help="start again in --report")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")

@@ -939,7 +939,7 @@ def check_in_place(source_path: str | os.PathLike[str], *, overwrite: bool) -> b
 
     p = Path(source_path)
     if p.is_dir():
-        raise ConfigError(
+        raise SourceError(
             f"{p}: --in-place needs an HDF5 .nwb file; this source is a directory (NWB-Zarr), "
             "which cannot be replaced atomically; omit --in-place to write a derived file"
         )
