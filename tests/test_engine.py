@@ -18,6 +18,7 @@ from nwb_llmdecode.engine import (
     load_checkpoint,
     predict_arrays,
     regression_metrics,
+    save_checkpoint,
 )
 from nwb_llmdecode.errors import ConfigError, DataError, OutputExistsError
 from nwb_llmdecode.models import Decoder, LSTMDecoder, ReservoirDecoder, RidgeDecoder
@@ -105,7 +106,7 @@ def test_smollm2_lora_runs_end_to_end(session, tmp_path):
     assert any(".q_proj." in n for n in lora) and any(".v_proj." in n for n in lora)
     _check_result(res, activity, behavior)
     # adapters only: the checkpoint is tiny compared with the 135 M parameter backbone
-    d = res.save_checkpoint(tmp_path / "ckpt")
+    d = save_checkpoint(res, tmp_path / "ckpt")
     assert (d / "weights.pt").stat().st_size < 5_000_000
 
 
@@ -231,7 +232,7 @@ def test_memory_windows_are_never_materialised(tmp_path):
 def test_checkpoint_round_trip_gives_identical_predictions(session, tmp_path, options):
     activity, behavior = session
     res = fit_arrays(activity, behavior, config=FitConfig(**{**QUICK, **options}))
-    d = res.save_checkpoint(tmp_path / "ckpt")
+    d = save_checkpoint(res, tmp_path / "ckpt")
     assert {p.name for p in d.iterdir()} == {"config.json", "checkpoint.json", "weights.pt"}
     meta = json.loads((d / "checkpoint.json").read_text())
     assert meta["n_rois"] == activity.shape[1] and meta["versions"]["torch"] == torch.__version__
@@ -250,8 +251,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(session, tmp_path, op
     assert got.shape == behavior.shape and np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(OutputExistsError, match="overwrite"):
-        res.save_checkpoint(d)
-    res.save_checkpoint(d, overwrite=True)
+        save_checkpoint(res, d)
+    save_checkpoint(res, d, overwrite=True)
     with pytest.raises(DataError, match="ROIs"):
         predict_arrays(ckpt, activity[:, :-1])
 

@@ -178,7 +178,7 @@ def _tiny_bert(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_fit(tmp_path_factory: pytest.TempPathFactory):
-    from nwb_llmdecode.engine import fit_arrays
+    from nwb_llmdecode.engine import fit_arrays, save_checkpoint
 
     d = tmp_path_factory.mktemp("identity")
     bb = _tiny_bert(d / "tiny_bert", seed=0)
@@ -189,7 +189,7 @@ def tiny_fit(tmp_path_factory: pytest.TempPathFactory):
         backbone=str(bb), train_mode="frozen", epochs=1, seq_len=5, device="cpu", patience=0
     )
     result = fit_arrays(x, y, config=cfg)
-    ckpt = result.save_checkpoint(d / "ckpt")
+    ckpt = save_checkpoint(result, d / "ckpt")
     return {"dir": d, "backbone": bb, "ckpt": ckpt, "x": x}
 
 

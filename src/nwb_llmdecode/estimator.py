@@ -265,11 +265,13 @@ class Decoder:
         Decoder
             ``self``, fitted.
         """
+        ds = _as_session(ds, rois=rois, behavior=behavior, cache_dir=cache_dir)
+        activity = _activity(ds)  # checked before torch is imported
+
         from .engine import fit_arrays
 
-        ds = _as_session(ds, rois=rois, behavior=behavior, cache_dir=cache_dir)
         result = fit_arrays(
-            _activity(ds),
+            activity,
             np.asarray(ds["behavior"].values, dtype=np.float32),
             config=self.config,
             progress=progress,
@@ -494,6 +496,21 @@ class Decoder:
         return self.ablation_dataset(rows)
 
     @staticmethod
+    def ablation_rows(ablation: xr.Dataset) -> list[dict[str, Any]]:
+        """Inverse of :meth:`ablation_dataset`: rows ``k``, ``kind``, ``draw``, ``rmse``,
+        ``delta_rmse`` (the form the writer takes)."""
+        return [
+            {
+                "k": int(ablation["k"].values[i]),
+                "kind": str(ablation["kind"].values[i]),
+                "draw": int(ablation["draw"].values[i]),
+                "rmse": float(ablation["rmse"].values[i]),
+                "delta_rmse": float(ablation["delta_rmse"].values[i]),
+            }
+            for i in range(ablation.sizes["ablation"])
+        ]
+
+    @staticmethod
     def ablation_dataset(rows: list[dict[str, Any]]) -> xr.Dataset:
         """Ablation rows (``k``, ``kind``, ``draw``, ``rmse``, ``delta_rmse``) as a Dataset."""
         return xr.Dataset(
@@ -558,10 +575,7 @@ class Decoder:
         """
         from .engine import load_checkpoint
 
-        kwargs: dict[str, Any] = {"device": device}
-        if trust_remote_code:
-            kwargs["trust_remote_code"] = True
-        ckpt = load_checkpoint(directory, **kwargs)
+        ckpt = load_checkpoint(directory, device=device, trust_remote_code=trust_remote_code)
         dec = cls(ckpt.config)
         dec._fitted = ckpt
         return dec
@@ -583,18 +597,7 @@ class Decoder:
         if ds is None:
             raise NotFittedError("a loaded Decoder has no fitted session to write")
         cfg = fitted.config
-        rows = None
-        if ablation is not None:
-            rows = [
-                {
-                    "k": int(ablation["k"].values[i]),
-                    "kind": str(ablation["kind"].values[i]),
-                    "draw": int(ablation["draw"].values[i]),
-                    "rmse": float(ablation["rmse"].values[i]),
-                    "delta_rmse": float(ablation["delta_rmse"].values[i]),
-                }
-                for i in range(ablation.sizes["ablation"])
-            ]
+        rows = None if ablation is None else self.ablation_rows(ablation)
         info = {
             "backbone": cfg.backbone,
             "init": cfg.init,

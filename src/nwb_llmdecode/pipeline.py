@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,14 @@ from .io.write import (
     write_derived,
     write_in_place,
 )
+from .progress import Progress
 
-__all__ = ["FitReport", "ablate", "checkpoint_dir_for", "explain", "fit", "predict"]
+__all__ = ["FitReport", "ablate", "checkpoint_dir_for", "fit", "predict"]
 
 #: Default numbers of ROIs ablated by the ablation check.
 ABLATION_KS = (10, 50, 100)
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -97,6 +96,19 @@ def _named_metrics(ds: Any, metrics: list[dict[str, Any]]) -> list[dict[str, Any
             }
         )
     return rows
+
+
+def _metric_rows(score: Any) -> list[dict[str, Any]]:
+    """A ``Decoder.score`` Dataset as engine metric rows (global channel index)."""
+    return [
+        {
+            "channel": c,
+            "split": str(split),
+            **{m: score[m].values[i, c].item() for m in ("rmse", "r2", "pearson", "n_frames")},
+        }
+        for c in range(score.sizes["channel"])
+        for i, split in enumerate(score["split"].values)
+    ]
 
 
 def _resolve_output(
@@ -301,67 +313,23 @@ def fit(
         ds = read_session(src, rois=rois, behavior=behavior)
     if progress:
         progress("read session", 1, 1)
-    activity = np.asarray(ds["activity"].values, dtype=np.float32)
-    behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
-    bad = ~np.isfinite(activity)
-    if bad.any():
-        frames, cols = np.nonzero(bad)
-        raise DataError(
-            f"{ds.attrs['source']}: {int(bad.sum())} NaN/inf values in ROI activity "
-            f"({', '.join(json.loads(ds.attrs['roi_series']))}), e.g. frame {int(frames[0])} "
-            f"ROI {int(cols[0])}, in {len(set(frames.tolist()))} frames and "
-            f"{len(set(cols.tolist()))} ROIs; interpolate them or select other --rois"
-        )
-
+    from .estimator import Decoder, _activity
     from .windows import split_blocks
 
-    split_blocks(len(activity), seq_len=config.seq_len, fractions=config.split)  # enough frames?
+    _activity(ds)  # NaN/inf refused, and enough frames for the split, before torch
+    split_blocks(ds.sizes["time"], seq_len=config.seq_len, fractions=config.split)
 
-    from .engine import fit_arrays  # torch: only once the inputs and outputs are checked
-
-    result = fit_arrays(activity, behaviour, config=config, progress=progress)
-    salience, ablation_rows = explain(
-        result, activity, behaviour, method=config.salience, ablation=ablation, progress=progress
-    )
-
-    run = {
-        "backbone": config.backbone,
-        "init": config.init,
-        "train_mode": config.train_mode,
-        "seq_len": int(config.seq_len),
-        "epochs": len(result.history) if result.history else int(config.epochs),
-        "seed": int(config.seed),
-        "salience_method": config.salience if salience is not None else "none",
-        "package_version": __version__,
-        "device": str(result.device),
-        "duration_s": float(result.duration_s),
-        "config_json": config.to_json(),
-    }
-    results = DecodingResults(
-        session=ds,
-        predictions=np.asarray(result.predictions, dtype=np.float32),
-        splits=list(result.splits),
-        metrics=list(result.metrics),
-        run=run,
-        salience=salience,
-        ablation=ablation_rows,
-    )
-    session_meta = {
-        "source": str(source),
-        "results_file": str(target),
-        "roi_series": json.loads(ds.attrs["roi_series"]),
-        "behavior_series": json.loads(ds.attrs["behavior_series"]),
-        "n_rois": int(ds.sizes["roi"]),
-        "channels": [
-            {"behavior": str(s), "channel": int(c), "unit": str(u)}
-            for s, c, u in zip(
-                ds["series"].values,
-                ds["series_channel"].values,
-                ds["unit"].values,
-                strict=True,
-            )
-        ],
-    }
+    dec = Decoder(config).fit(ds, progress=progress)
+    salience = ablation_ds = None
+    if config.salience != "none":
+        if dec.has_gradients:
+            salience = dec.explain(method=config.salience, progress=progress)
+            if ablation:
+                ablation_ds = dec.ablate(k=ablation, salience=salience)
+        else:
+            log.warning("salience skipped: the %s baseline has no gradients", config.backbone)
+    results = dec.results(salience=salience, ablation=ablation_ds)
+    session_meta = dict(dec.session_facts(), source=str(source), results_file=str(target))
     if progress:
         progress("write results", 0, 1)
     # The checkpoint is built in a hidden temporary directory and published (renamed)
@@ -372,7 +340,7 @@ def fit(
     ckpt_tmp = temporary_path(ckpt_dir) if ckpt_dir is not None else None
     try:
         if ckpt_tmp is not None:
-            result.save_checkpoint(ckpt_tmp)
+            dec.save(ckpt_tmp)
 
         def publish(tmp_nwb: Path) -> None:
             if ckpt_tmp is None or ckpt_dir is None:
@@ -395,87 +363,11 @@ def fit(
         progress("write results", 1, 1)
     return FitReport(
         output=output,
-        metrics=_named_metrics(ds, result.metrics),
+        metrics=_named_metrics(ds, results.metrics),
         checkpoint=ckpt_dir,
         duration_s=time.perf_counter() - t0,
         results=results,
     )
-
-
-def _test_block(result: Any) -> Any:
-    return next(b for b in result.blocks if b.name == "test")
-
-
-def _ablation_rmse(result: Any, z: np.ndarray, behaviour: np.ndarray, block: Any) -> Callable:
-    """``evaluate(rois)``: test RMSE (mean over channels) with ``rois`` at their training
-    mean (0 in normalised space)."""
-    from .engine import predict_blocks
-
-    target = behaviour[block.start : block.stop]
-
-    def evaluate(rois: np.ndarray) -> float:
-        zz = z.copy()
-        zz[:, np.asarray(rois, dtype=np.int64)] = 0.0
-        pred_n = predict_blocks(
-            result.model,
-            zz,
-            [block],
-            seq_len=result.config.seq_len,
-            batch_size=result.config.eval_batch_size,
-        )
-        pred = result.normalization.behavior_units(pred_n)[block.start : block.stop]
-        err = (pred - target) ** 2
-        return float(np.mean(np.sqrt(np.nanmean(err, axis=0))))
-
-    return evaluate
-
-
-def explain(
-    result: Any,
-    activity: np.ndarray,
-    behaviour: np.ndarray,
-    *,
-    method: str = "integrated-gradients",
-    ablation: Sequence[int] | None = None,
-    draws: int = 5,
-    progress: Progress | None = None,
-) -> tuple[Any, list[dict[str, Any]] | None]:
-    """Salience of a fitted decoder on its test block, and optionally the ablation check.
-
-    Returns ``(salience Dataset or None, ablation rows or None)``. Closed-form baselines
-    (ridge, reservoir) have no gradients: their salience is ``None`` (logged).
-    """
-    import torch
-
-    from .salience import ablation_check, compute_salience
-
-    if method == "none":
-        return None, None
-    if not isinstance(result.model, torch.nn.Module):
-        log.warning("salience skipped: the %s baseline has no gradients", result.config.backbone)
-        return None, None
-    block = _test_block(result)
-    z = result.normalization.activity(activity)
-    sal = compute_salience(
-        result.model,
-        z,
-        block=(block.start, block.stop),
-        seq_len=result.config.seq_len,
-        method=method,
-        batch_size=result.config.batch_size,
-        device=str(result.device),
-        progress=progress,
-    )
-    rows = None
-    if ablation:
-        rows = ablation_check(
-            _ablation_rmse(result, z, behaviour, block),
-            sal["salience"].values,
-            ks=ablation,
-            draws=draws,
-            seed=result.config.seed,
-        )
-    return sal, rows
 
 
 def predict(
@@ -513,19 +405,16 @@ def predict(
             f"trained on {n_expected}; predict needs the same ROIs (select them with --rois)"
         )
 
-    from .engine import compute_metrics, load_checkpoint, predict_arrays
-    from .windows import Block
+    from .estimator import Decoder
 
-    model = load_checkpoint(ckpt, trust_remote_code=trust_remote_code)
-    activity = np.asarray(ds["activity"].values, dtype=np.float32)
-    predictions = predict_arrays(model, activity, progress=progress)
-    behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
-    metrics = compute_metrics(predictions, behaviour, [Block("all", 0, len(behaviour))])
-    cfg = model.config
+    dec = Decoder.load(ckpt, trust_remote_code=trust_remote_code)
+    predictions = dec.predict(ds, progress=progress).values
+    metrics = _metric_rows(dec.score(ds))
+    cfg = dec.config
     results = DecodingResults(
         session=ds,
         predictions=predictions,
-        splits=[("all", 0, len(behaviour))],
+        splits=[("all", 0, ds.sizes["time"])],
         metrics=metrics,
         run={
             "backbone": cfg.backbone,
@@ -536,7 +425,7 @@ def predict(
             "seed": int(cfg.seed),
             "salience_method": "none",
             "package_version": __version__,
-            "device": "cpu",
+            "device": dec.device_,
             "duration_s": time.perf_counter() - t0,
             "config_json": json.dumps(
                 {"predict_from": str(ckpt), "config": json.loads(cfg.to_json())}
@@ -588,9 +477,8 @@ def ablate(
             f"{path}: no decoder checkpoint at {ckpt_dir}; give it with --checkpoint "
             "(fit writes <results stem>_checkpoint/ beside the results)"
         )
-    read_checkpoint_meta(ckpt_dir)
-    meta = read_session_meta(ckpt_dir)
-    expected_id = meta.get("results_object_id")
+    ckpt_meta, _ = read_checkpoint_meta(ckpt_dir)  # the JSON files first: no torch yet
+    expected_id = read_session_meta(ckpt_dir).get("results_object_id")
     found = _check_results_layout(path)
     if expected_id is not None:
         if found is not None and str(found) != str(expected_id):
@@ -600,60 +488,23 @@ def ablate(
                 "interrupted fit --overwrite?); run fit again, or give the right --checkpoint"
             )
 
-    from .engine import load_checkpoint
+    from .estimator import Decoder
+    from .io.results import read_results
     from .io.write import write_ablation
-    from .windows import Block
 
-    with open_nwb(path) as src:
-        ds = read_session(src, rois=meta.get("roi_series"), behavior=meta.get("behavior_series"))
-        if RESULTS_MODULE not in src.nwbfile.processing:
-            raise DataError(f"{path}: no processing/{RESULTS_MODULE} module; run fit first")
-        module = src.nwbfile.processing[RESULTS_MODULE]
-        tables = [n for n in module.data_interfaces if n.startswith("roi_salience")]
-        if not tables:
-            raise DataError(
-                f"{path}: no roi_salience table in processing/{RESULTS_MODULE}; fit with "
-                "--salience to compute it"
-            )
-        salience = np.full(ds.sizes["roi"], np.nan)
-        planes, rows = ds["plane"].values, ds["roi_row"].values
-        for name in tables:
-            t = module[name]
-            region = t["roi"]
-            plane = region.table.name
-            for row, value in zip(region.data[:], t["salience"].data[:], strict=True):
-                salience[(planes == plane) & (rows == int(row))] = float(value)
-        if "decoding_splits" not in module.data_interfaces:
-            raise DataError(
-                f"{path}: no processing/{RESULTS_MODULE}/decoding_splits; run fit again"
-            )
-        splits = module["decoding_splits"].to_dataframe()
-    # the split name column is 'split_name' (NWB_RESULTS.md); files before it have 'split'
-    column = "split_name" if "split_name" in splits.columns else "split"
-    test_rows = splits[splits[column] == "test"] if column in splits.columns else splits[:0]
-    if not len(test_rows):
+    res = read_results(path)  # the results module is parsed in one place
+    if "split_start" not in res or "test" not in res["split"].values:
         raise DataError(
             f"{path}: processing/{RESULTS_MODULE}/decoding_splits has no test block; run fit again"
         )
-    test = test_rows.iloc[0]
-    times = ds["time"].values
-    start = int(np.searchsorted(times, test["start_time"] - 1e-9))
-    stop = int(np.searchsorted(times, test["stop_time"] - 1e-9))
-    ckpt = load_checkpoint(ckpt_dir, trust_remote_code=trust_remote_code)
-    if ckpt.n_rois != ds.sizes["roi"]:
-        raise DataError(f"{ckpt_dir}: decoder of {ckpt.n_rois} ROIs, results of {ds.sizes['roi']}")
-    activity = np.asarray(ds["activity"].values, dtype=np.float32)
-    behaviour = np.asarray(ds["behavior"].values, dtype=np.float32)
-    z = ckpt.normalization.activity(activity)
-    from .salience import ablation_check
-
-    rows_out = ablation_check(
-        _ablation_rmse(ckpt, z, behaviour, Block("test", start, stop)),
-        np.nan_to_num(salience, nan=-np.inf),
-        ks=ks,
-        draws=draws,
-        seed=ckpt.config.seed,
-    )
+    n_rois = int(ckpt_meta["n_rois"])
+    if n_rois != res.sizes["roi"]:
+        raise DataError(f"{ckpt_dir}: decoder of {n_rois} ROIs, results of {res.sizes['roi']}")
+    test = res.sel(split="test")
+    block = (int(test["split_start"]), int(test["split_stop"]))
+    dec = Decoder.load(ckpt_dir, trust_remote_code=trust_remote_code)
+    ablation = dec.ablate(res, k=ks, draws=draws, salience=res["salience"], block=block)
+    rows_out = Decoder.ablation_rows(ablation)
     if write:
         write_ablation(path, rows_out)
     return rows_out

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError
+from .progress import Progress
 
 __all__ = [
     "METHODS",
@@ -70,7 +71,7 @@ def compute_salience(
     batch_size: int = 32,
     n_steps: int = 16,
     device: str = "cpu",
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> xr.Dataset:
     """Attribute a trained decoder's outputs to its input ROIs and frames.
 
@@ -116,7 +117,7 @@ def compute_salience(
     import captum.attr as ca
     import torch
 
-    from .engine.train import format_eta
+    from .progress import format_eta
 
     if method not in METHODS:
         raise ConfigError(f"salience method {method!r} unknown; use one of {', '.join(METHODS)}")

@@ -1,5 +1,6 @@
 """Training, evaluation and checkpoints of behaviour decoders (numpy/torch only, no NWB)."""
 
+from ..progress import Progress
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     Checkpoint,
@@ -9,13 +10,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .evaluate import METRIC_NAMES, compute_metrics, predict_blocks, regression_metrics
-from .train import FitResult, Normalization, Progress, check_arrays, fit_arrays, resolve_device
+from .result import FitResult, Fitted, Normalization, check_arrays, resolve_device
+from .train import fit_arrays
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "METRIC_NAMES",
     "Checkpoint",
     "FitResult",
+    "Fitted",
     "Normalization",
     "Progress",
     "check_arrays",

@@ -40,9 +40,10 @@ from ..errors import BackboneError, DataError, LLMDecodeError, OutputExistsError
 from ..models.backbones import backbone_identity, identity_mismatch
 from ..models.baselines import ClosedFormDecoder
 from ..models.decoder import Decoder, Model, build_model
+from ..progress import Progress
 from ..windows import Block
 from .evaluate import predict_blocks
-from .train import FitResult, Normalization, check_arrays, resolve_device
+from .result import FitResult, Fitted, Normalization, check_arrays, resolve_device
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -333,12 +334,12 @@ def _load_weights(model: Model, model_state: dict[str, Any], meta: dict[str, Any
 
 
 def predict_arrays(
-    source: Checkpoint | FitResult | str | os.PathLike[str],
+    source: Fitted | str | os.PathLike[str],
     activity: np.ndarray,
     *,
     batch_size: int | None = None,
     device: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Decode behaviour of a (new) session with a trained model.
 
@@ -363,25 +364,17 @@ def predict_arrays(
     """
     if isinstance(source, str | os.PathLike):
         source = load_checkpoint(source, device=device or "cpu")
-    if isinstance(source, FitResult):
-        model, config, norm, n_rois = (
-            source.model,
-            source.config,
-            source.normalization,
-            source.n_rois,
-        )
-    elif isinstance(source, Checkpoint):
-        model, config, norm, n_rois = (
-            source.model,
-            source.config,
-            source.normalization,
-            source.n_rois,
-        )
-    else:
+    if not isinstance(source, Fitted):  # a FitResult and a Checkpoint both are
         raise TypeError(
             f"predict_arrays: expected a checkpoint directory, Checkpoint or FitResult, got "
             f"{type(source).__name__}"
         )
+    model, config, norm, n_rois = (
+        source.model,
+        source.config,
+        source.normalization,
+        source.n_rois,
+    )
     a, _ = check_arrays(activity, n_rois=n_rois)
     if a.shape[0] < config.seq_len:
         raise DataError(

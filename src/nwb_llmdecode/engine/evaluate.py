@@ -9,7 +9,7 @@ the frames of a block that have both a prediction and a target.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,14 +17,13 @@ import torch
 
 from ..errors import DataError
 from ..models.baselines import ClosedFormDecoder
+from ..progress import Progress
 from ..windows import Block, Stitcher, iter_batches, window_starts
 
 __all__ = ["METRIC_NAMES", "compute_metrics", "predict_blocks", "regression_metrics"]
 
 #: Metric keys of each row returned by :func:`compute_metrics`.
 METRIC_NAMES: tuple[str, ...] = ("rmse", "r2", "pearson", "n_frames")
-
-Progress = Callable[[str, int, int], None]
 
 
 def predict_blocks(
