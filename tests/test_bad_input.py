@@ -51,7 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     kw = dict(frames=120, planes=1, n_drivers=3, n_channels=2)
     session = make_session(root / "s.nwb", rois=10, seed=0, **kw).path
     other = make_session(root / "other.nwb", rois=7, seed=1, **kw).path
-    cfg = FitConfig(backbone="lstm", epochs=1, seq_len=5, lstm_hidden=8, salience="saliency")
+    cfg = FitConfig(backbone="lstm", epochs=1, seq_len=5, lstm={"hidden": 8}, salience="saliency")
     (root / "fit").mkdir()
     rep = fit(session, config=cfg, out=root / "fit" / "r.nwb")
     (root / "ridge").mkdir()
