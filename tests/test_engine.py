@@ -93,7 +93,7 @@ def test_backbones_modes_and_baselines_run_end_to_end(session, options, model_ty
     assert res.device == "cpu" and res.duration_s > 0
     if isinstance(res.model, Decoder):
         assert res.model.train_mode == res.config.train_mode
-        assert len(res.history) == 1 and res.best_epoch == 1
+        assert len(res.history) == 1 and res.best_epoch in (0, 1)  # 0: the ridge base kept
 
 
 def test_smollm2_lora_runs_end_to_end(session, tmp_path):

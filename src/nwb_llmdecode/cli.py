@@ -168,6 +168,7 @@ _FIT_KEYS = (
     "init",
     "train_mode",
     "embedding",
+    "residual",
     "embedding_kernel",
     "seq_len",
     "epochs",
@@ -179,6 +180,7 @@ _FIT_KEYS = (
     "gradient_checkpointing",
     "trust_remote_code",
     "patience",
+    "train_stride",
     "salience",
 )
 _JOB_KEYS = ("rois", "behavior", "out")
@@ -656,6 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"frames per token of the temporal embedding {_fit_default('embedding_kernel')}",
     )
+    g.add_argument(
+        "--residual",
+        choices=["ridge", "none"],
+        help="ridge: the transformer learns what lagged ridge regression cannot, on top of a "
+        "ridge fit; none: the transformer alone (the paper's decoder) "
+        f"{_fit_default('residual')}",
+    )
     g.add_argument("--seq-len", type=int, help=f"window length in frames {_fit_default('seq_len')}")
     _trust_arg(g, "fit")
     g = p.add_argument_group("training")
@@ -666,6 +675,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience",
         type=int,
         help=f"early-stopping patience in epochs {_fit_default('patience')}",
+    )
+    g.add_argument(
+        "--train-stride",
+        type=int,
+        help="frames between training windows of an epoch (from a random offset each "
+        f"epoch) {_fit_default('train_stride')}",
     )
     g.add_argument("--seed", type=int, help=f"random seed {_fit_default('seed')}")
     g.add_argument(

@@ -610,6 +610,7 @@ class Decoder:
             "device": str(fitted.device),
             "duration_s": float(fitted.duration_s),
             "config_json": cfg.to_json(),
+            "fit_json": json.dumps((getattr(fitted, "extra", None) or {}).get("fit", {})),
             **(run or {}),
         }
         return DecodingResults(

@@ -306,17 +306,36 @@ class Stitcher:
         self._sum = np.zeros((n_frames, n_channels), dtype=np.float64)
         self._count = np.zeros(n_frames, dtype=np.int64)
 
-    def add(self, starts: np.ndarray, predictions: np.ndarray) -> None:
-        """Add predictions (batch, seq_len, channels) of the windows starting at ``starts``."""
+    def add(
+        self,
+        starts: np.ndarray,
+        predictions: np.ndarray,
+        *,
+        warmup: int = 0,
+        block_start: int | None = None,
+    ) -> None:
+        """Add predictions (batch, seq_len, channels) of the windows starting at ``starts``.
+
+        With ``warmup > 0`` the first ``warmup`` positions of each window are left out
+        (they lack history), except in the window that starts at ``block_start``, the
+        only one that reaches the block's first frames: every frame of a block is still
+        covered, and each by positions with as much history as the block has.
+        """
         predictions = np.asarray(predictions)
         if predictions.ndim != 3 or predictions.shape[0] != len(starts):
             raise DataError(
                 f"Stitcher.add: predictions must be (len(starts)={len(starts)}, seq_len, "
                 f"channels), got {predictions.shape}"
             )
-        idx = window_indices(starts, predictions.shape[1]).ravel()
-        np.add.at(self._sum, idx, predictions.reshape(idx.size, -1))
-        np.add.at(self._count, idx, 1)
+        starts = np.asarray(starts)
+        length = predictions.shape[1]
+        idx = window_indices(starts, length)
+        keep = np.ones(idx.shape, dtype=bool)
+        if warmup > 0:
+            keep[:, : min(warmup, length - 1)] = False
+            keep[starts == block_start] = True
+        np.add.at(self._sum, idx[keep], predictions[keep])
+        np.add.at(self._count, idx[keep], 1)
 
     @property
     def counts(self) -> np.ndarray:

@@ -275,6 +275,9 @@ def load_checkpoint(
             "save the checkpoint again with fit"
         ) from None
     n_rois, n_channels = int(meta["n_rois"]), int(meta["n_channels"])
+    if config.residual == "ridge" and not any(k.startswith("base.") for k in model_state):
+        # written before the ridge-residual decoder existed: a decoder without a base
+        config = config.replace(residual="none")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = build_model(

@@ -78,12 +78,13 @@ def predict_blocks(
     per_block = [window_starts(b.start, b.stop, seq_len) for b in blocks]
     total = int(sum(len(s) for s in per_block))
     stitcher: Stitcher | None = None
+    warmup = int(getattr(model, "warmup", 0))
     done = 0
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for starts in per_block:
+            for block, starts in zip(blocks, per_block, strict=True):
                 for batch in iter_batches(starts, batch_size):
                     idx = torch.as_tensor(batch, device=device)[:, None] + torch.arange(
                         seq_len, device=device
@@ -91,7 +92,7 @@ def predict_blocks(
                     pred = model(zt[idx]).float().cpu().numpy()
                     if stitcher is None:
                         stitcher = Stitcher(n_frames, pred.shape[-1])
-                    stitcher.add(batch, pred)
+                    stitcher.add(batch, pred, warmup=warmup, block_start=block.start)
                     done += len(batch)
                     if progress is not None:
                         progress(stage, done, total)

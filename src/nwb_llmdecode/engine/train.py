@@ -22,8 +22,8 @@ import torch
 
 from ..config import FitConfig
 from ..errors import ConfigError, DataError
-from ..models.baselines import ClosedFormDecoder
-from ..models.decoder import build_model
+from ..models.baselines import ClosedFormDecoder, RidgeDecoder
+from ..models.decoder import Decoder, build_model
 from ..progress import Progress, format_eta
 from ..windows import Block, iter_batches, split_blocks, window_starts
 from .evaluate import compute_metrics, predict_blocks
@@ -111,27 +111,40 @@ def _train_torch(
     train = next(b for b in blocks if b.name == "train")
     val = next(b for b in blocks if b.name == "validation")
     yt = torch.from_numpy(yn).to(device)
-    starts = window_starts(train.start, train.stop, config.seq_len, config.train_stride)
+    all_starts = window_starts(train.start, train.stop, config.seq_len)
     # drop training windows without any behaviour sample
-    idx = starts[:, None] + np.arange(config.seq_len)
+    idx = all_starts[:, None] + np.arange(config.seq_len)
     has_target = np.isfinite(yn[idx]).any(axis=(1, 2))
-    starts = starts[has_target]
-    if len(starts) == 0:
+    if not has_target.any():
         raise DataError("no training window has a behaviour sample")
     rng = np.random.default_rng(config.seed)
+    stride = config.train_stride
+
+    def epoch_starts() -> np.ndarray:
+        # every stride-th window, from a random offset each epoch: all frames are still
+        # seen, each about seq_len / stride times an epoch instead of seq_len times
+        if stride == 1:
+            return all_starts[has_target]
+        offset = int(rng.integers(stride))
+        keep = np.zeros(len(all_starts), dtype=bool)
+        keep[offset::stride] = True
+        keep &= has_target
+        return all_starts[keep] if keep.any() else all_starts[has_target]
+
+    warmup = int(getattr(model, "warmup", 0))
     groups = _param_groups(model, config)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    n_windows = (
-        len(starts)
-        if config.max_windows_per_epoch is None
-        else min(len(starts), config.max_windows_per_epoch)
-    )
-    n_batches = math.ceil(n_windows / config.batch_size)
     seq = torch.arange(config.seq_len, device=device)
     history: list[dict[str, Any]] = []
-    best_loss, best_epoch, best_state = float("inf"), 0, None
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    best_loss, best_epoch, best_state = float("inf"), 0, None
+    if getattr(model, "base", None) is not None:
+        # the untrained ridge-residual decoder is the ridge model: the state to beat
+        best_loss, _ = _val_score(model, zt, yn, val, config)
+        best_state = {
+            n: t.detach().clone() for n, t in model.state_dict().items() if n in trainable
+        }
     stopped = False
     t_train = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -139,6 +152,13 @@ def _train_torch(
         stage = f"epoch {epoch}/{config.epochs}"
         model.train()
         total, count = 0.0, 0
+        starts = epoch_starts()
+        n_windows = (
+            len(starts)
+            if config.max_windows_per_epoch is None
+            else min(len(starts), config.max_windows_per_epoch)
+        )
+        n_batches = math.ceil(n_windows / config.batch_size)
         if progress is not None:
             progress(stage, 0, n_batches)
         for b, batch in enumerate(
@@ -146,8 +166,14 @@ def _train_torch(
                 starts, config.batch_size, rng=rng, max_windows=config.max_windows_per_epoch
             )
         ):
-            ii = torch.as_tensor(batch, device=device)[:, None] + seq
+            bt = torch.as_tensor(batch, device=device)
+            ii = bt[:, None] + seq
             x, y = zt[ii], yt[ii]
+            if warmup:
+                # leading positions lack history except in the block's first window; the
+                # stitched predictions do not use them, so neither does the loss
+                skip = (bt != train.start)[:, None] & (seq < warmup)[None, :]
+                y = y.masked_fill(skip[:, :, None], float("nan"))
             if config.input_dropout > 0:
                 x = torch.nn.functional.dropout(x, p=config.input_dropout, training=True)
             loss = _masked_mse(model(x), y)
@@ -168,7 +194,8 @@ def _train_torch(
                 f"training diverged (loss {train_loss}) in epoch {epoch}; lower lr "
                 f"(now {config.lr}) or backbone_lr (now {config.backbone_lr})"
             )
-        improved = val_loss < best_loss - 1e-7
+        margin = config.min_improvement * best_loss if math.isfinite(best_loss) else 0.0
+        improved = val_loss < best_loss - margin - 1e-7
         if improved:
             best_loss, best_epoch = val_loss, epoch
             best_state = {
@@ -209,6 +236,53 @@ def _train_torch(
         model.load_state_dict(best_state, strict=False)
     model.eval()
     return history, best_epoch, stopped
+
+
+def _fit_base(
+    model: Decoder,
+    z: np.ndarray,
+    yn: np.ndarray,
+    blocks: Sequence[Block],
+    config: FitConfig,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Fit the ridge base of a ridge-residual decoder (lags and penalty chosen on the
+    validation block, as the ``ridge`` baseline does) and load it into ``model.base``."""
+    assert model.base is not None
+    ridge = RidgeDecoder(
+        z.shape[1],
+        yn.shape[1],
+        seq_len=config.seq_len,
+        lags=config.ridge.lags,
+        alphas=config.ridge.alphas,
+    )
+    info = ridge.fit(z, yn, blocks, progress=progress)
+    model.base.load_ridge(ridge)
+    val = next(b for b in blocks if b.name == "validation")
+    pred = ridge.predict(z, [val])[val.start : val.stop]
+    y = yn[val.start : val.stop]
+    ok = np.isfinite(y)
+    mse = float(np.mean((pred[ok] - y[ok]) ** 2)) if ok.any() else float("nan")
+    log.info("ridge base: %d lags, alpha %g, validation MSE %.4g", info["lags"], info["alpha"], mse)
+    return {"lags": int(info["lags"]), "alpha": float(info["alpha"]), "val_loss": mse}
+
+
+def _fit_choices(
+    base: dict[str, Any] | None, best_epoch: int, stopped: bool, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the fit chose on the validation block (written to ``decoding_run``)."""
+    out: dict[str, Any] = {
+        "best_epoch": int(best_epoch),
+        "epochs_run": sum(1 for h in history if "epoch" in h),
+        "stopped_early": bool(stopped),
+    }
+    if base is not None:
+        out["residual_ridge_lags"] = base["lags"]
+        out["residual_ridge_alpha"] = base["alpha"]
+        out["residual_ridge_val_loss"] = base["val_loss"]
+        # best epoch 0: no training epoch beat the ridge base on validation
+        out["residual_kept_base_only"] = best_epoch == 0
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -295,11 +369,14 @@ def fit_arrays(
             config, n_rois=n_rois, n_channels=n_channels, device=device, progress=progress
         )
         best_epoch, stopped = 0, False
+        base_info: dict[str, Any] | None = None
         if isinstance(model, ClosedFormDecoder):
             info = model.fit(z, yn, blocks, progress=progress)
             history = [info]
             zt: Any = z
         else:
+            if isinstance(model, Decoder) and model.base is not None:
+                base_info = _fit_base(model, z, yn, blocks, config, progress)
             zt = torch.from_numpy(z).to(device)
             history, best_epoch, stopped = _train_torch(
                 model, zt, yn, blocks, config, device, progress
@@ -329,6 +406,7 @@ def fit_arrays(
         stopped_early=stopped,
         n_rois=n_rois,
         n_channels=n_channels,
+        extra={"fit": _fit_choices(base_info, best_epoch, stopped, history)},
     )
     test_r2 = np.nanmean(result.metric("r2", "test")) if metrics else float("nan")
     log.info("fit done in %.1f s; test R² (mean over channels) %.3f", result.duration_s, test_r2)

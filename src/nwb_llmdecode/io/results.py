@@ -117,6 +117,7 @@ def results_from_source(
     run = {c: _column(run_table, c)[0] for c in run_table.colnames}
     config = _pairs(run.pop("config_json", ""))
     salience_attrs = _pairs(run.pop("salience_json", ""))
+    fit_choices = _pairs(run.pop("fit_json", ""))
     roi_series = _json_list(run.get("roi_series"))
     behavior_series = _json_list(run.get("behavior_series"))
     predictions = ifaces["predictions"].time_series
@@ -250,6 +251,7 @@ def results_from_source(
         run=run,
         config=config,
         salience=salience_attrs,
+        fit=fit_choices,
     )
     return out
 
@@ -296,7 +298,9 @@ def read_results(
           ``ablation_k``, ``ablation_kind``, ``ablation_draw`` and variables
           ``ablation_rmse``, ``ablation_delta_rmse``;
         * attrs ``run`` (the ``decoding_run`` row as a dict), ``config`` (the run
-          configuration as a dict), ``salience`` (baseline, convergence delta...) and
+          configuration as a dict), ``salience`` (baseline, convergence delta...),
+          ``fit`` (what the fit chose on the validation block: best epoch, early stop,
+          the ridge base's lags and penalty; empty in files of earlier versions) and
           ``results_file``.
 
     Raises

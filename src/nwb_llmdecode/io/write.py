@@ -685,9 +685,15 @@ def _add_results_module(
             "salience method details (baseline, convergence delta, steps) as a JSON list of "
             "[key, value] pairs; empty without salience",
         ),
+        (
+            "fit_json",
+            "what the fit chose on the validation block (best epoch, epochs run, early stop; "
+            "the ridge base's lags and penalty for the ridge-residual decoder) as a JSON "
+            "list of [key, value] pairs; empty for predictions from a checkpoint",
+        ),
     ):
         v = {**provenance, **_session_columns(results), **results.run}.get(key)
-        if key == "config_json" and isinstance(v, str):
+        if key in ("config_json", "fit_json") and isinstance(v, str) and v:
             v = json.dumps(_as_pairs(json.loads(v)))
         if isinstance(v, bool | np.bool_):
             v = str(v)

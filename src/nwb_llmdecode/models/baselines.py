@@ -33,6 +33,7 @@ from .embeddings import LinearEmbedding
 __all__ = [
     "ClosedFormDecoder",
     "LSTMDecoder",
+    "LaggedLinear",
     "ReservoirDecoder",
     "RidgeDecoder",
     "lag_candidates",
@@ -320,6 +321,78 @@ class RidgeDecoder(ClosedFormDecoder):
         self.bias = state["bias"].numpy().astype(np.float32)
         self.alpha = float(state["alpha"])
         self.lags = int(w.shape[0])
+
+
+class LaggedLinear(nn.Module):
+    """A fixed lagged linear map on windows: the torch form of a fitted :class:`RidgeDecoder`.
+
+    ``out[:, p] = bias + sum_{l <= p, l < lags} x[:, p - l] @ weights[l]``, i.e. zero history
+    before the window's first frame, exactly as the ridge baseline treats a block's first
+    frames. Weights are buffers (never trained) and are saved with the decoder. Used as the
+    base of the ridge-residual decoder (``FitConfig.residual="ridge"``).
+
+    Parameters
+    ----------
+    n_rois, n_channels
+        Input and output sizes.
+    max_lags
+        Capacity in lags (the window length); :meth:`load_ridge` fills the first ones.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.standard_normal((300, 4))
+    >>> y = z[:, :1] + 0.5 * np.r_[0.0, z[:-1, 1]][:, None]
+    >>> blocks = [Block("train", 0, 200), Block("validation", 210, 300)]
+    >>> ridge = RidgeDecoder(4, 1, seq_len=5, alphas=(0.1,))
+    >>> _ = ridge.fit(z, y, blocks)
+    >>> base = LaggedLinear(4, 1, max_lags=5)
+    >>> base.load_ridge(ridge)
+    >>> x = torch.from_numpy(z[:5].astype(np.float32))[None]
+    >>> bool(np.allclose(base(x)[0].numpy(), ridge.predict_block(z[:5]), atol=1e-5))
+    True
+    """
+
+    def __init__(self, n_rois: int, n_channels: int, *, max_lags: int) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.zeros(max_lags, n_rois, n_channels))
+        self.register_buffer("bias", torch.zeros(n_channels))
+        self.register_buffer("lags", torch.zeros((), dtype=torch.long))
+
+    @property
+    def warmup(self) -> int:
+        """Frames at the start of a window whose prediction lacks part of its history."""
+        return max(int(self.lags) - 1, 0)
+
+    def load_ridge(self, ridge: RidgeDecoder) -> None:
+        """Copy a fitted ridge model's weights (its lags must fit ``max_lags``)."""
+        if ridge.weights is None or ridge.bias is None:
+            raise DataError("ridge: load_ridge called before fit")
+        n = ridge.weights.shape[0]
+        if n > self.weights.shape[0] or ridge.weights.shape[1:] != self.weights.shape[1:]:
+            raise DataError(
+                f"ridge weights {ridge.weights.shape} do not fit a lagged map of "
+                f"{tuple(self.weights.shape)}"
+            )
+        with torch.no_grad():
+            self.weights.zero_()
+            self.weights[:n] = torch.from_numpy(ridge.weights)
+            self.bias.copy_(torch.from_numpy(ridge.bias))
+            self.lags.fill_(n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq_len, n_rois) -> (batch, seq_len, n_channels), float32."""
+        n_lags = min(int(self.lags), x.shape[1])
+        out = self.bias.to(x.dtype).expand(x.shape[0], x.shape[1], -1)
+        if n_lags == 0:
+            return out.clone()
+        # every lag's contribution at once: (B, L, N) @ (N, lags*C), then shift and sum
+        w = self.weights[:n_lags].to(x.dtype)  # (lags, N, C)
+        proj = (x @ w.permute(1, 0, 2).reshape(w.shape[1], -1)).unflatten(-1, w.shape[::2])
+        acc = proj[:, :, 0, :]
+        for lag in range(1, n_lags):
+            acc = acc + torch.nn.functional.pad(proj[:, :-lag, lag, :], (0, 0, lag, 0))
+        return out + acc
 
 
 def _with_ones(x: np.ndarray) -> np.ndarray:

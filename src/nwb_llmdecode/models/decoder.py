@@ -22,7 +22,7 @@ from torch import nn
 from ..config import FitConfig
 from ..progress import Progress
 from .backbones import Backbone, apply_train_mode, load_backbone
-from .baselines import LSTMDecoder, ReservoirDecoder, RidgeDecoder
+from .baselines import LaggedLinear, LSTMDecoder, ReservoirDecoder, RidgeDecoder
 from .embeddings import LinearEmbedding, build_embedding
 
 __all__ = ["Decoder", "Model", "build_model"]
@@ -47,6 +47,11 @@ class Decoder(nn.Module):
     train_mode
         ``"frozen"``, ``"lora"`` or ``"full"`` (recorded; apply it with
         :func:`~nwb_llmdecode.models.backbones.apply_train_mode`).
+    base
+        Optional fixed :class:`~nwb_llmdecode.models.baselines.LaggedLinear` (a fitted
+        ridge model) whose output is added to the head's: the ridge-residual decoder. The
+        head then starts at zero, so the untrained decoder predicts exactly what the base
+        predicts.
 
     Notes
     -----
@@ -62,11 +67,16 @@ class Decoder(nn.Module):
         n_channels: int,
         *,
         train_mode: str = "full",
+        base: LaggedLinear | None = None,
     ) -> None:
         super().__init__()
         self.embedding = embedding
         self.backbone = backbone.model
         self.head = nn.Linear(backbone.hidden_size, n_channels)
+        self.base = base
+        if base is not None:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.train_mode = train_mode
         self.causal = backbone.causal
         self.backbone_name = backbone.name
@@ -87,6 +97,15 @@ class Decoder(nn.Module):
     def n_channels(self) -> int:
         """Number of behaviour channels predicted."""
         return self.head.out_features
+
+    @property
+    def warmup(self) -> int:
+        """Leading frames of a window whose prediction lacks history (the base's lags).
+
+        Stitching and the training loss skip them wherever a window with full history
+        covers the frame, so the base reproduces its ridge model exactly.
+        """
+        return 0 if self.base is None else self.base.warmup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict behaviour for every frame of every window.
@@ -115,7 +134,10 @@ class Decoder(nn.Module):
         with ctx:
             out = self.backbone(inputs_embeds=emb, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return self.head(hidden.float())
+        pred = self.head(hidden.float())
+        if self.base is not None:
+            pred = pred + self.base(x.float())
+        return pred
 
     @property
     def saves_whole_backbone(self) -> bool:
@@ -227,9 +249,16 @@ def build_model(
         seq_len=config.seq_len,
         kernel=config.embedding_kernel,
     )
-    model = Decoder(embedding, backbone, n_channels, train_mode=config.train_mode)
+    base = (
+        LaggedLinear(n_rois, n_channels, max_lags=config.seq_len)
+        if config.residual == "ridge"
+        else None
+    )
+    model = Decoder(embedding, backbone, n_channels, train_mode=config.train_mode, base=base)
     model.embedding.to(device)
     model.head.to(device)
+    if base is not None:
+        base.to(device)
     if progress is not None:
         progress("load backbone", 1, 1)
     log.info(
