@@ -284,9 +284,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     config, job = _fit_config(args)  # options first: a bad one costs no heavy import
     ablation = _csv(args.ablation, int, "--ablation")
 
+    from .engine.distributed import is_main_process
     from .pipeline import fit
 
-    progress = _progress(args.quiet)
+    main_process = is_main_process()  # [distributed] other ranks: no bars, no report
+    progress = _progress(args.quiet or not main_process)
     try:
         report = fit(
             args.source,
@@ -302,6 +304,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
+    if not main_process:
+        return 0
     stream = sys.stderr if args.json else sys.stdout
     if report.results is not None and report.results.ablation:
         _print_ablation(report.results.ablation, stream)

@@ -15,7 +15,7 @@ overlapping windows are put back on frames by averaging (:class:`Stitcher`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -317,6 +317,13 @@ class Stitcher:
         idx = window_indices(starts, predictions.shape[1]).ravel()
         np.add.at(self._sum, idx, predictions.reshape(idx.size, -1))
         np.add.at(self._count, idx, 1)
+
+    def reduce(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Replace the per-frame sums and counts by ``fn`` of them: with a sum over
+        processes, processes that each stitched their share of the windows all end with
+        the whole result (:mod:`nwb_llmdecode.engine.distributed`)."""
+        self._sum = np.asarray(fn(self._sum), dtype=np.float64)
+        self._count = np.asarray(fn(self._count), dtype=np.int64)
 
     @property
     def counts(self) -> np.ndarray:
