@@ -155,7 +155,8 @@ class Distributed:
     @property
     def device(self) -> torch.device:
         """This process's device (``cuda:LOCAL_RANK`` or ``cpu``)."""
-        return torch.device(self.accelerator.device)
+        dev = torch.device(self.accelerator.device)
+        return torch.device("cpu") if dev.type == "cpu" else dev
 
     @property
     def is_main(self) -> bool:
