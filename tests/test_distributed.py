@@ -292,3 +292,25 @@ def test_cuda_4bit_lora_two_processes_match_one(work: Path) -> None:
     assert "distributed fit: DDP, 2 processes (nccl)" in double.stderr
     _compare(_report(single), _report(double), rtol=5e-2, atol=2e-2)
     _only_outputs(work / "q2", "r.nwb")
+
+
+def test_fsdp_transformer_wrap_finds_the_backbone_layers(work: Path) -> None:
+    """FSDP itself needs GPUs (accelerate trains CPU processes with DDP); what can be
+    checked here is the wiring: accelerate's TRANSFORMER_BASED_WRAP policy, given no
+    layer class, shards the decoder per transformer layer of its backbone."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from nwb_llmdecode.config import FitConfig
+    from nwb_llmdecode.engine.distributed import expose_layer_classes
+    from nwb_llmdecode.models.decoder import build_model
+
+    cfg = FitConfig(backbone=str(work / "tinybert"), init="random", device="cpu")
+    model = build_model(cfg, n_rois=16, n_channels=2)
+    assert "BertLayer" in expose_layer_classes(model)
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap"
+    )
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
+    assert wrapped.count("BertLayer") == 2  # both layers of the tiny backbone

@@ -51,6 +51,7 @@ from ..windows import Block, Stitcher, window_starts
 
 __all__ = [
     "Distributed",
+    "expose_layer_classes",
     "from_environment",
     "is_launched",
     "is_main_process",
@@ -60,8 +61,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Prefixes that DDP / FSDP / activation checkpointing put before parameter names.
-_WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 #: The Accelerator of this process, by "CPU only" (built once: its state is global).
 _ACCELERATORS: dict[bool, Any] = {}
 
@@ -105,26 +104,6 @@ def is_main_process() -> bool:
     return process_index() == 0
 
 
-def clean_name(name: str) -> str:
-    """A parameter name without the prefixes that DDP / FSDP wrappers add.
-
-    Examples
-    --------
-    >>> clean_name("module._fsdp_wrapped_module.backbone.encoder.layer.0.weight")
-    'backbone.encoder.layer.0.weight'
-    """
-    changed = True
-    while changed:
-        changed = False
-        for p in _WRAPPER_PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-        name = name.replace("._fsdp_wrapped_module.", ".").replace(
-            "._checkpoint_wrapped_module.", "."
-        )
-    return name
-
-
 class Distributed:
     """One process of a multi-process fit: the accelerate ``Accelerator`` and the few
     collective steps the training loop needs.
@@ -166,7 +145,9 @@ class Distributed:
     @property
     def uses_fsdp(self) -> bool:
         """Whether the model is sharded (FSDP) rather than replicated (DDP)."""
-        return str(self.accelerator.distributed_type) in ("FSDP", "DistributedType.FSDP")
+        from accelerate.utils import DistributedType
+
+        return bool(self.accelerator.distributed_type == DistributedType.FSDP)
 
     def describe(self) -> str:
         """``"DDP, 2 processes (gloo), rank 0 on cpu"``."""
@@ -185,6 +166,7 @@ class Distributed:
         Returns the wrapped model (call it for training steps) and the optimiser. The
         unwrapped ``model`` keeps sharing its parameters with the DDP wrapper.
         """
+        expose_layer_classes(model)
         wrapped, opt = self.accelerator.prepare(model, optimizer)
         self.wrapped = wrapped
         return wrapped, opt
@@ -331,6 +313,23 @@ class Distributed:
         fresh.to(self.device)
         fresh.eval()
         return fresh
+
+
+def expose_layer_classes(model: torch.nn.Module) -> list[str]:
+    """Give the decoder its backbone's ``_no_split_modules`` (the transformer layer
+    classes, e.g. ``["BertLayer"]``), so that FSDP's ``TRANSFORMER_BASED_WRAP`` policy
+    shards per layer without ``--fsdp_transformer_layer_cls_to_wrap``.
+
+    Examples
+    --------
+    >>> expose_layer_classes(torch.nn.Linear(2, 2))
+    []
+    """
+    backbone = getattr(model, "backbone", None)
+    names = list(getattr(backbone, "_no_split_modules", None) or [])
+    if names and getattr(model, "_no_split_modules", None) is None:
+        model._no_split_modules = names  # type: ignore[assignment]
+    return names
 
 
 def _ddp_kwargs() -> list[Any]:
