@@ -314,3 +314,15 @@ def test_fsdp_transformer_wrap_finds_the_backbone_layers(work: Path) -> None:
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
     assert wrapped.count("BertLayer") == 2  # both layers of the tiny backbone
+
+
+def test_other_commands_refuse_a_multi_process_launch(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only fit shares its work; inspect, predict, compare... would write once per rank."""
+    from nwb_llmdecode.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["inspect", str(work / "s.nwb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only fit trains on several processes" in err[0]

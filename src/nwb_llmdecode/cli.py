@@ -846,6 +846,23 @@ def _quiet_broken_pipe() -> None:
         pass
 
 
+def _check_launch(args: argparse.Namespace) -> None:
+    """Under ``accelerate launch`` / ``torchrun`` only ``fit`` shares its work between the
+    processes (and rank 0 alone writes); any other command would run, and write, once
+    per process. ``WORLD_SIZE`` is read here directly: no torch import for ``--help``."""
+    import os
+
+    from .errors import ConfigError
+
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world.isdigit() and int(world) > 1 and args.func is not _cmd_fit:
+        raise ConfigError(
+            f"{args.command} was started on {world} processes (accelerate launch / torchrun); "
+            "only fit trains on several processes: run it as one process (compare spreads "
+            "its grid with --scheduler)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nwb-llmdecode`` command."""
     import signal
@@ -868,6 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        _check_launch(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
