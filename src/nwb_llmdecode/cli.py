@@ -286,9 +286,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     config, job = _fit_config(args)  # options first: a bad one costs no heavy import
     ablation = _csv(args.ablation, int, "--ablation")
 
+    from .engine.distributed import is_main_process
     from .pipeline import fit
 
-    progress = _progress(args.quiet)
+    main_process = is_main_process()  # [distributed] other ranks: no bars, no report
+    progress = _progress(args.quiet or not main_process)
     try:
         report = fit(
             args.source,
@@ -304,6 +306,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
+    if not main_process:
+        return 0
     stream = sys.stderr if args.json else sys.stdout
     if report.results is not None and report.results.ablation:
         _print_ablation(report.results.ablation, stream)
@@ -857,6 +861,23 @@ def _quiet_broken_pipe() -> None:
         pass
 
 
+def _check_launch(args: argparse.Namespace) -> None:
+    """Under ``accelerate launch`` / ``torchrun`` only ``fit`` shares its work between the
+    processes (and rank 0 alone writes); any other command would run, and write, once
+    per process. ``WORLD_SIZE`` is read here directly: no torch import for ``--help``."""
+    import os
+
+    from .errors import ConfigError
+
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world.isdigit() and int(world) > 1 and args.func is not _cmd_fit:
+        raise ConfigError(
+            f"{args.command} was started on {world} processes (accelerate launch / torchrun); "
+            "only fit trains on several processes: run it as one process (compare spreads "
+            "its grid with --scheduler)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nwb-llmdecode`` command."""
     import signal
@@ -879,6 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        _check_launch(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code

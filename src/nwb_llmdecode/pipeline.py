@@ -320,6 +320,15 @@ def fit(
     split_blocks(ds.sizes["time"], seq_len=config.seq_len, fractions=config.split)
 
     dec = Decoder(config).fit(ds, progress=progress)
+    from .engine.distributed import is_main_process
+
+    if not is_main_process():  # [distributed] rank 0 alone computes salience and writes
+        return FitReport(
+            output=target,
+            metrics=_named_metrics(ds, dec.results().metrics),
+            checkpoint=None,
+            duration_s=time.perf_counter() - t0,
+        )
     salience = ablation_ds = None
     if config.salience != "none":
         if dec.has_gradients:

@@ -15,7 +15,7 @@ overlapping windows are put back on frames by averaging (:class:`Stitcher`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -312,14 +312,15 @@ class Stitcher:
         predictions: np.ndarray,
         *,
         warmup: int = 0,
-        block_start: int | None = None,
+        block_start: int | Sequence[int] | None = None,
     ) -> None:
         """Add predictions (batch, seq_len, channels) of the windows starting at ``starts``.
 
         With ``warmup > 0`` the first ``warmup`` positions of each window are left out
-        (they lack history), except in the window that starts at ``block_start``, the
-        only one that reaches the block's first frames: every frame of a block is still
-        covered, and each by positions with as much history as the block has.
+        (they lack history), except in windows that start at ``block_start`` (one start
+        or one per block), the only ones that reach a block's first frames: every frame
+        of a block is still covered, and each by positions with as much history as the
+        block has.
         """
         predictions = np.asarray(predictions)
         if predictions.ndim != 3 or predictions.shape[0] != len(starts):
@@ -333,9 +334,17 @@ class Stitcher:
         keep = np.ones(idx.shape, dtype=bool)
         if warmup > 0:
             keep[:, : min(warmup, length - 1)] = False
-            keep[starts == block_start] = True
+            if block_start is not None:
+                keep[np.isin(starts, np.atleast_1d(block_start))] = True
         np.add.at(self._sum, idx[keep], predictions[keep])
         np.add.at(self._count, idx[keep], 1)
+
+    def reduce(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Replace the per-frame sums and counts by ``fn`` of them: with a sum over
+        processes, processes that each stitched their share of the windows all end with
+        the whole result (:mod:`nwb_llmdecode.engine.distributed`)."""
+        self._sum = np.asarray(fn(self._sum), dtype=np.float64)
+        self._count = np.asarray(fn(self._count), dtype=np.int64)
 
     @property
     def counts(self) -> np.ndarray:

@@ -26,6 +26,7 @@ from ..models.baselines import ClosedFormDecoder, RidgeDecoder
 from ..models.decoder import Decoder, build_model
 from ..progress import Progress, format_eta
 from ..windows import Block, iter_batches, split_blocks, window_starts
+from .distributed import Distributed, from_environment
 from .evaluate import compute_metrics, predict_blocks
 from .result import FitResult, Normalization, check_arrays, resolve_device
 
@@ -76,12 +77,25 @@ def _l2_penalty(model: torch.nn.Module, config: FitConfig) -> torch.Tensor | Non
     return config.embedding_l2 * total / weights[0].shape[0]
 
 
+def _target_count(yn: np.ndarray, starts: np.ndarray, seq_len: int, warmup: int, first: int) -> int:
+    """Behaviour samples the loss of a batch of windows counts (warm-up positions left out,
+    as in the training loop)."""
+    y = np.isfinite(yn[starts[:, None] + np.arange(seq_len)])
+    if warmup:
+        y[(starts != first)[:, None] & (np.arange(seq_len) < warmup)[None, :]] = False
+    return int(y.sum())
+
+
 def _val_score(
-    model: torch.nn.Module, zt: torch.Tensor, yn: np.ndarray, block: Block, config: FitConfig
+    model: torch.nn.Module,
+    zt: torch.Tensor,
+    yn: np.ndarray,
+    block: Block,
+    config: FitConfig,
+    predict: Any = predict_blocks,
 ) -> tuple[float, float]:
-    pred = predict_blocks(
-        model, zt, [block], seq_len=config.seq_len, batch_size=config.eval_batch_size
-    )[block.start : block.stop]
+    pred = predict(model, zt, [block], seq_len=config.seq_len, batch_size=config.eval_batch_size)
+    pred = pred[block.start : block.stop]
     y = yn[block.start : block.stop]
     ok = np.isfinite(pred) & np.isfinite(y)
     if not ok.any():
@@ -107,6 +121,7 @@ def _train_torch(
     config: FitConfig,
     device: torch.device,
     progress: Progress | None,
+    dist: Distributed | None = None,
 ) -> tuple[list[dict[str, Any]], int, bool]:
     train = next(b for b in blocks if b.name == "train")
     val = next(b for b in blocks if b.name == "validation")
@@ -135,15 +150,23 @@ def _train_torch(
     groups = _param_groups(model, config)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    # [distributed] several processes (engine/distributed.py): `net` is the DDP/FSDP
+    # wrapper, each process trains on its shard of every global batch; None: one process.
+    net, predict, state_src = model, predict_blocks, model
+    if dist is not None:
+        net, opt = dist.prepare(model, opt)
+        predict, state_src = dist.predict_blocks, dist.state_model(model)
     seq = torch.arange(config.seq_len, device=device)
     history: list[dict[str, Any]] = []
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     best_loss, best_epoch, best_state = float("inf"), 0, None
     if getattr(model, "base", None) is not None:
         # the untrained ridge-residual decoder is the ridge model: the state to beat
-        best_loss, _ = _val_score(model, zt, yn, val, config)
+        best_loss, _ = _val_score(model, zt, yn, val, config, predict)
+        if dist is not None:
+            best_loss = dist.broadcast([best_loss, 0.0])[0]
         best_state = {
-            n: t.detach().clone() for n, t in model.state_dict().items() if n in trainable
+            n: t.detach().clone() for n, t in state_src.state_dict().items() if n in trainable
         }
     stopped = False
     t_train = time.perf_counter()
@@ -166,7 +189,11 @@ def _train_torch(
                 starts, config.batch_size, rng=rng, max_windows=config.max_windows_per_epoch
             )
         ):
-            bt = torch.as_tensor(batch, device=device)
+            local, weight, n_global = batch, 1.0, 0
+            if dist is not None:  # [distributed] this process's shard of the global batch
+                local, weight = dist.shard(batch)
+                n_global = _target_count(yn, batch, config.seq_len, warmup, train.start)
+            bt = torch.as_tensor(local, device=device)
             ii = bt[:, None] + seq
             x, y = zt[ii], yt[ii]
             if warmup:
@@ -176,19 +203,30 @@ def _train_torch(
                 y = y.masked_fill(skip[:, :, None], float("nan"))
             if config.input_dropout > 0:
                 x = torch.nn.functional.dropout(x, p=config.input_dropout, training=True)
-            loss = _masked_mse(model(x), y)
+            if dist is None:
+                loss = _masked_mse(model(x), y)
+            else:
+                loss = dist.loss(net(x), y, global_count=n_global, weight=weight)
             penalty = _l2_penalty(model, config)
             total_loss = loss if penalty is None else loss + penalty
             opt.zero_grad(set_to_none=True)
-            total_loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if dist is None:
+                total_loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+            else:
+                dist.backward(total_loss)
+                dist.clip_grad_norm_(params, 1.0)
             opt.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
             if progress is not None:
                 progress(stage, b + 1, n_batches)
+        if dist is not None:  # [distributed] shard losses summed; rank 0's val loss decides
+            total = dist.sum([total])[0] / dist.world
         train_loss = total / max(count, 1)
-        val_loss, val_r2 = _val_score(model, zt, yn, val, config)
+        val_loss, val_r2 = _val_score(model, zt, yn, val, config, predict)
+        if dist is not None:
+            val_loss, val_r2 = dist.broadcast([val_loss, val_r2])
         if not math.isfinite(train_loss):
             raise DataError(
                 f"training diverged (loss {train_loss}) in epoch {epoch}; lower lr "
@@ -199,7 +237,7 @@ def _train_torch(
         if improved:
             best_loss, best_epoch = val_loss, epoch
             best_state = {
-                n: t.detach().clone() for n, t in model.state_dict().items() if n in trainable
+                n: t.detach().clone() for n, t in state_src.state_dict().items() if n in trainable
             }
         history.append(
             {
@@ -233,7 +271,7 @@ def _train_torch(
             log.info("early stop after epoch %d; best epoch %d", epoch, best_epoch)
             break
     if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        state_src.load_state_dict(best_state, strict=False)
     model.eval()
     return history, best_epoch, stopped
 
@@ -348,7 +386,9 @@ def fit_arrays(
                 f"the {name} block (frames {blk.start}-{blk.stop - 1}) has no behaviour "
                 "sample; check the behaviour alignment or change split"
             )
-    device = resolve_device(config.device)
+    # [distributed] under accelerate launch / torchrun: this process's part (else None)
+    dist = from_environment(config)
+    device = resolve_device(config.device) if dist is None else dist.device
     norm = Normalization.from_block(a, b, by["train"])
     z = norm.activity(a)
     yn = norm.behavior(b)
@@ -379,9 +419,9 @@ def fit_arrays(
                 base_info = _fit_base(model, z, yn, blocks, config, progress)
             zt = torch.from_numpy(z).to(device)
             history, best_epoch, stopped = _train_torch(
-                model, zt, yn, blocks, config, device, progress
+                model, zt, yn, blocks, config, device, progress, dist
             )
-        pred_n = predict_blocks(
+        pred_n = (predict_blocks if dist is None else dist.predict_blocks)(
             model,
             zt,
             blocks,
@@ -390,6 +430,12 @@ def fit_arrays(
             device=device,
             progress=progress,
         )
+        if dist is not None and not isinstance(model, ClosedFormDecoder):
+            # [distributed] FSDP: the gathered whole model on rank 0 (DDP: model itself)
+            model = dist.full_model(
+                model,
+                lambda: build_model(config, n_rois=n_rois, n_channels=n_channels, device="cpu"),
+            )
     predictions = norm.behavior_units(pred_n)
     metrics = compute_metrics(predictions, b, blocks)
     result = FitResult(
