@@ -25,12 +25,44 @@ from .backbones import Backbone, apply_train_mode, load_backbone
 from .baselines import LSTMDecoder, ReservoirDecoder, RidgeDecoder
 from .embeddings import LinearEmbedding, build_embedding
 
-__all__ = ["Decoder", "Model", "build_model"]
+__all__ = ["Decoder", "Model", "autocast_dtype", "build_model", "cpu_supports_bf16"]
 
 log = logging.getLogger(__name__)
 
 Model = nn.Module | RidgeDecoder | ReservoirDecoder
 """Anything :func:`build_model` returns."""
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 dot products (AVX512-BF16 or AMX), so that
+    bf16 autocast speeds matrix products up instead of emulating them."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch built without oneDNN
+        return False
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The dtype of the backbone's matrix products for a ``FitConfig.precision``.
+
+    ``"auto"``: bfloat16 on CUDA and on CPUs with native bf16 (:func:`cpu_supports_bf16`),
+    else float32. ``"bf16"``: bfloat16 anywhere. ``"fp32"``: float32 (no autocast).
+
+    Examples
+    --------
+    >>> autocast_dtype("fp32", "cuda")
+    torch.float32
+    >>> autocast_dtype("bf16", "cpu")
+    torch.bfloat16
+    """
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_supports_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 class Decoder(nn.Module):
@@ -51,8 +83,9 @@ class Decoder(nn.Module):
     Notes
     -----
     Encoders (BERT) get an all-ones attention mask, so every frame attends to the whole
-    window; decoder-only models (GPT-2, Llama) are causal by construction. On CUDA the
-    backbone runs under bf16 autocast; the head always returns float32.
+    window; decoder-only models (GPT-2, Llama) are causal by construction. The backbone
+    runs under autocast to ``autocast`` (see :func:`autocast_dtype`; ``None``: bfloat16
+    on CUDA, float32 on CPU); the input embedding and the head always run in float32.
     """
 
     def __init__(
@@ -62,8 +95,10 @@ class Decoder(nn.Module):
         n_channels: int,
         *,
         train_mode: str = "full",
+        autocast: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.autocast = autocast
         self.embedding = embedding
         self.backbone = backbone.model
         self.head = nn.Linear(backbone.hidden_size, n_channels)
@@ -107,9 +142,12 @@ class Decoder(nn.Module):
             kwargs["attention_mask"] = torch.ones(
                 emb.shape[:2], dtype=torch.long, device=emb.device
             )
+        dtype = self.autocast
+        if dtype is None:
+            dtype = torch.bfloat16 if emb.is_cuda else torch.float32
         ctx = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-            if emb.is_cuda
+            torch.autocast(device_type=emb.device.type, dtype=dtype)
+            if dtype != torch.float32 and emb.device.type in ("cuda", "cpu")
             else contextlib.nullcontext()
         )
         with ctx:
@@ -227,7 +265,15 @@ def build_model(
         seq_len=config.seq_len,
         kernel=config.embedding_kernel,
     )
-    model = Decoder(embedding, backbone, n_channels, train_mode=config.train_mode)
+    model = Decoder(
+        embedding,
+        backbone,
+        n_channels,
+        train_mode=config.train_mode,
+        autocast=autocast_dtype(config.precision, device),
+    )
+    if config.compile:  # in place: state_dict keys stay those of the plain module
+        model.backbone.compile(dynamic=False)
     model.embedding.to(device)
     model.head.to(device)
     if progress is not None:
