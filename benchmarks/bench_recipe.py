@@ -27,6 +27,7 @@ python benchmarks/bench_recipe.py --modes full --compile --threads-lever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -67,14 +68,18 @@ class Recipe(nn.Module):
         self.out = nn.Linear(hidden, n_channels)
         self.backbone.requires_grad_(mode == "full")
         self.dtype_ = torch.float32
+        self.math_sdpa = False  # torch's SDPA math kernel instead of its CPU flash kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
         emb = self.inp(x)
-        if self.dtype_ == torch.float32:
+        with contextlib.ExitStack() as stack:
+            if self.dtype_ != torch.float32:
+                stack.enter_context(torch.autocast("cpu", dtype=self.dtype_))
+            if self.math_sdpa:
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
             h = self.backbone(inputs_embeds=emb).last_hidden_state
-        else:
-            with torch.autocast("cpu", dtype=self.dtype_):
-                h = self.backbone(inputs_embeds=emb).last_hidden_state
         return self.out(h.float())
 
 
@@ -199,8 +204,8 @@ def bench_mode(
     eager.load_state_dict(sdpa.state_dict())
     fpw = flop_per_window(sdpa, X, Y, B)
 
-    def run(m: Recipe, dtype: torch.dtype, opt: str) -> float:
-        m.dtype_ = dtype
+    def run(m: Recipe, dtype: torch.dtype, opt: str, math: bool = False) -> float:
+        m.dtype_, m.math_sdpa = dtype, math
         return time_steps(m, X, Y, steps=S, batch=B, opt=opt)
 
     bf = torch.bfloat16
@@ -219,6 +224,9 @@ def bench_mode(
     if bf16:
         variants["lever: bf16 autocast"] = lambda: run(sdpa, bf, "loop")
         variants["lever: bf16 autocast + AdamW fused"] = lambda: run(sdpa, bf, "fused")
+        variants["lever: bf16 + SDPA math kernel"] = lambda: run(sdpa, bf, "loop", True)
+        variants["lever: bf16 + SDPA math + AdamW foreach"] = lambda: run(sdpa, bf, "foreach", True)
+    variants["lever: SDPA math kernel (fp32)"] = lambda: run(sdpa, torch.float32, "loop", True)
     if args.threads_lever:
 
         def two_threads() -> float:

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         "--variants",
         nargs="+",
         default=["captum-fp32", "batched-fp32", "batched-bf16"],
-        help="IMPLEMENTATION-PRECISION, implementation captum or batched, precision fp32 or bf16",
+        help="IMPLEMENTATION-PRECISION[-sSTRIDE]: captum or batched, fp32 or bf16, and an "
+        "optional window stride (batched-bf16-s5: every 5th window)",
     )
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds (timing)")
     p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             for method in args.methods:
                 for _ in range(args.repeats):
                     for variant in args.variants:
-                        impl, prec = variant.split("-")
+                        impl, prec, *rest = variant.split("-")
+                        stride = int(rest[0][1:]) if rest else 1
                         if hasattr(res.model, "autocast"):
                             res.model.autocast = torch.bfloat16 if prec == "bf16" else torch.float32
                         t0 = time.perf_counter()
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                             method=method,
                             batch_size=cfg.batch_size,
                             implementation=impl,
+                            stride=stride,
                         )
                         seconds = time.perf_counter() - t0
                         first.setdefault(method, seconds)

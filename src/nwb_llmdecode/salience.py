@@ -49,11 +49,11 @@ METHODS = {
 }
 
 
-def _windows(start: int, stop: int, seq_len: int) -> np.ndarray:
-    """Window starts covering ``[start, stop)`` (stride 1); a clear error when none fits."""
+def _windows(start: int, stop: int, seq_len: int, stride: int = 1) -> np.ndarray:
+    """Window starts covering ``[start, stop)``; a clear error when none fits."""
     from .windows import window_starts
 
-    starts = window_starts(start, stop, seq_len)
+    starts = window_starts(start, stop, seq_len, stride)
     if not len(starts):
         raise ConfigError(
             f"the block [{start}, {stop}) is shorter than seq_len={seq_len}; use a shorter "
@@ -180,6 +180,7 @@ def compute_salience(
     progress: Progress | None = None,
     implementation: str = "batched",
     internal_batch_size: int | None = None,
+    stride: int = 1,
 ) -> xr.Dataset:
     """Attribute a trained decoder's outputs to its input ROIs and frames.
 
@@ -214,6 +215,10 @@ def compute_salience(
     internal_batch_size
         Rows (window x step) per forward pass of integrated gradients; default
         ``8 * batch_size``.
+    stride
+        Frames between the starts of consecutive attributed windows (1: every window;
+        the last window always ends at the block's end, so every frame is covered).
+        ``stride > 1`` attributes ``stride`` times fewer windows.
 
     Returns
     -------
@@ -246,7 +251,9 @@ def compute_salience(
         )
     x = np.asarray(x, dtype=np.float32)
     n_frames, n_rois = x.shape
-    starts = _windows(block[0], block[1], seq_len)
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ConfigError(f"salience stride={stride!r} is not valid: expected an integer >= 1")
+    starts = _windows(block[0], block[1], seq_len, stride)
     ibs = internal_batch_size or (
         8 * batch_size if implementation == "batched" else max(batch_size, 1) * 4
     )
@@ -324,6 +331,8 @@ def compute_salience(
         "n_windows": len(starts),
         "block": [int(block[0]), int(block[1])],
     }
+    if stride != 1:
+        attrs["stride"] = stride
     if deltas:
         attrs["convergence_delta"] = float(np.mean(deltas) / max(np.mean(out_scale), 1e-12))
         attrs["n_steps"] = n_steps

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import FitConfig
 from ..progress import Progress
@@ -114,6 +115,11 @@ class Decoder(nn.Module):
         self._takes_mask = "attention_mask" in params
 
     @property
+    def _recomputes(self) -> bool:
+        """True when the backbone recomputes activations (gradient checkpointing)."""
+        return bool(getattr(self.backbone, "is_gradient_checkpointing", False))
+
+    @property
     def n_rois(self) -> int:
         """Number of ROIs the decoder expects."""
         return self.embedding.n_rois
@@ -145,12 +151,15 @@ class Decoder(nn.Module):
         dtype = self.autocast
         if dtype is None:
             dtype = torch.bfloat16 if emb.is_cuda else torch.float32
-        ctx = (
-            torch.autocast(device_type=emb.device.type, dtype=dtype)
-            if dtype != torch.float32 and emb.device.type in ("cuda", "cpu")
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with contextlib.ExitStack() as stack:
+            if dtype != torch.float32 and emb.device.type in ("cuda", "cpu"):
+                stack.enter_context(torch.autocast(device_type=emb.device.type, dtype=dtype))
+            if emb.device.type == "cpu" and not self._recomputes:
+                # windows are short (tens of frames): torch's CPU flash-attention kernel
+                # is slower there, 2.7x in its bf16 backward (benchmarks/RESULTS.md).
+                # Not with gradient checkpointing: its recomputation in the backward pass
+                # runs outside this context and must pick the same kernel.
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
             out = self.backbone(inputs_embeds=emb, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return self.head(hidden.float())
