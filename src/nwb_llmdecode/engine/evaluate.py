@@ -82,7 +82,7 @@ def predict_blocks(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():  # no autograd bookkeeping at all (vs no_grad)
+        with torch.no_grad():
             for starts in per_block:
                 for batch in iter_batches(starts, batch_size):
                     idx = torch.as_tensor(batch, device=device)[:, None] + torch.arange(

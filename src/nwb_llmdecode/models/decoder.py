@@ -117,7 +117,11 @@ class Decoder(nn.Module):
     @property
     def _recomputes(self) -> bool:
         """True when the backbone recomputes activations (gradient checkpointing)."""
-        return bool(getattr(self.backbone, "is_gradient_checkpointing", False))
+        kind = type(self.backbone)
+        for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+            if hasattr(kind, attr):  # the first is the name of transformers >= 5
+                return bool(getattr(self.backbone, attr))
+        return False
 
     @property
     def n_rois(self) -> int:
