@@ -12,6 +12,13 @@ integrated-gradients convergence delta.
 trained only briefly (``--steps`` batches): the cost of attribution depends on the
 architecture and the block length, not on how well the model is trained.
 
+Each method runs in every ``--variants`` entry, ``IMPLEMENTATION-PRECISION``, on the same
+trained model, variants alternating: ``captum-fp32`` is the code path before the batched
+one (one captum call per channel, weight gradients on, float32), ``batched-fp32`` and
+``batched-bf16`` the default path (all channels from one forward, steps and windows
+batched together, input gradients only) in float32 and under bf16 autocast. Each row
+says its ``speedup`` over the first variant.
+
 Examples
 --------
 python benchmarks/bench_salience.py --seeds 1 2 3
@@ -48,6 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--steps", type=int, default=20, help="training batches (timing mode)")
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["captum-fp32", "batched-fp32", "batched-bf16"],
+        help="IMPLEMENTATION-PRECISION[-sSTRIDE]: captum or batched, fp32 or bf16, and an "
+        "optional window stride (batched-bf16-s5: every 5th window)",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="alternating rounds (timing)")
     p.add_argument("--out", type=Path, default=None, help="append JSON lines to this file")
     args = p.parse_args(argv)
 
@@ -84,38 +99,52 @@ def main(argv: list[str] | None = None) -> None:
             fit_s = time.perf_counter() - t0
             z = res.normalization.activity(activity)
             _, start, stop = res.splits[2]
+            first: dict[str, float] = {}
             for method in args.methods:
-                t0 = time.perf_counter()
-                sal = compute_salience(
-                    res.model,
-                    z,
-                    block=(start, stop),
-                    seq_len=cfg.seq_len,
-                    method=method,
-                    batch_size=cfg.eval_batch_size // 4,
-                )
-                seconds = time.perf_counter() - t0
-                emit(
-                    {
-                        "mode": args.mode,
-                        "seed": seed,
-                        "method": method,
-                        "frames": args.frames,
-                        "rois": args.rois,
-                        "test_frames": stop - start,
-                        "n_windows": int(sal.attrs["n_windows"]),
-                        "precision_at_k": precision_at_k(sal["salience"].values, truth.driver_rois),
-                        "k": args.drivers,
-                        "test_r2": round(float(res.metric("r2", "test").mean()), 3),
-                        "convergence_delta": sal.attrs.get("convergence_delta"),
-                        "seconds": round(seconds, 1),
-                        "fit_seconds": round(fit_s, 1),
-                        "peak_rss_gib": round(
-                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
-                        ),
-                        "threads": torch.get_num_threads(),
-                    }
-                )
+                for _ in range(args.repeats):
+                    for variant in args.variants:
+                        impl, prec, *rest = variant.split("-")
+                        stride = int(rest[0][1:]) if rest else 1
+                        if hasattr(res.model, "autocast"):
+                            res.model.autocast = torch.bfloat16 if prec == "bf16" else torch.float32
+                        t0 = time.perf_counter()
+                        sal = compute_salience(
+                            res.model,
+                            z,
+                            block=(start, stop),
+                            seq_len=cfg.seq_len,
+                            method=method,
+                            batch_size=cfg.batch_size,
+                            implementation=impl,
+                            stride=stride,
+                        )
+                        seconds = time.perf_counter() - t0
+                        first.setdefault(method, seconds)
+                        emit(
+                            {
+                                "mode": args.mode,
+                                "seed": seed,
+                                "method": method,
+                                "variant": variant,
+                                "frames": args.frames,
+                                "rois": args.rois,
+                                "test_frames": stop - start,
+                                "n_windows": int(sal.attrs["n_windows"]),
+                                "precision_at_k": precision_at_k(
+                                    sal["salience"].values, truth.driver_rois
+                                ),
+                                "k": args.drivers,
+                                "test_r2": round(float(res.metric("r2", "test").mean()), 3),
+                                "convergence_delta": sal.attrs.get("convergence_delta"),
+                                "seconds": round(seconds, 2),
+                                "speedup": round(first[method] / seconds, 2),
+                                "fit_seconds": round(fit_s, 1),
+                                "peak_rss_gib": round(
+                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+                                ),
+                                "threads": torch.get_num_threads(),
+                            }
+                        )
 
 
 if __name__ == "__main__":

@@ -128,3 +128,26 @@ def test_ablation_salient_hurts_more_than_random():
         rand = [r["delta_rmse"] for r in rows if r["k"] == k and r["kind"] == "random"]
         assert len(rand) == 4
         assert sal["delta_rmse"] > max(rand)
+
+
+@pytest.mark.parametrize("method", ["integrated-gradients", "saliency", "grad-x-input"])
+def test_batched_equals_captum_reference(method):
+    """The default (batched) path gives captum's attributions, delta and timecourse, and
+    leaves the model's trainable weights trainable."""
+    from nwb_llmdecode.models.baselines import LSTMDecoder
+
+    torch.manual_seed(0)
+    model = LSTMDecoder(6, 2, hidden_size=8)
+    x = np.random.default_rng(0).standard_normal((80, 6)).astype(np.float32)
+    kw = {"block": (10, 70), "seq_len": 10, "method": method, "batch_size": 8, "n_steps": 8}
+    ref = compute_salience(model, x, implementation="captum", **kw)
+    new = compute_salience(model, x, internal_batch_size=20, **kw)  # chunks split steps
+    np.testing.assert_allclose(new["salience_by_output"], ref["salience_by_output"], rtol=1e-5)
+    np.testing.assert_allclose(new["timecourse"], ref["timecourse"], rtol=1e-5)
+    if method == "integrated-gradients":
+        assert new.attrs["convergence_delta"] == pytest.approx(
+            ref.attrs["convergence_delta"], rel=0.05, abs=1e-6
+        )
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match="implementation"):
+        compute_salience(model, x, implementation="fast", **kw)

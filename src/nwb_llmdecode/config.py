@@ -30,6 +30,7 @@ __all__ = [
     "DEVICES",
     "EMBEDDINGS",
     "INITS",
+    "PRECISIONS",
     "QUANTIZE",
     "RESIDUALS",
     "SALIENCE_METHODS",
@@ -52,6 +53,8 @@ QUANTIZE: tuple[str | None, ...] = (None, "4bit", "8bit")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 SALIENCE_METHODS: tuple[str, ...] = ("integrated-gradients", "saliency", "grad-x-input", "none")
 RESIDUALS: tuple[str, ...] = ("ridge", "none")
+#: Numeric precision of the backbone's matrix products (see ``FitConfig.precision``).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 def _default_ridge_alphas() -> tuple[float, ...]:
@@ -312,6 +315,15 @@ class FitConfig:
     salience
         Attribution method used by the salience step: ``"integrated-gradients"``,
         ``"saliency"``, ``"grad-x-input"`` or ``"none"``.
+    precision
+        ``"auto"`` (default: the backbone runs under bfloat16 autocast on CUDA and on CPUs
+        with native bf16 dot products, AVX512-BF16/AMX; float32 elsewhere), ``"fp32"`` or
+        ``"bf16"``. Weights, the input embedding, the head and the loss stay float32;
+        salience runs in the precision the model trained in. ``benchmarks/RESULTS.md``
+        (bench_recipe) has the measured speed and validation loss of each.
+    compile
+        ``torch.compile`` the backbone (opt-in: it pays only for long fits, as the
+        compile time counts; see ``benchmarks/RESULTS.md``).
 
     Examples
     --------
@@ -353,6 +365,8 @@ class FitConfig:
     trust_remote_code: bool = False
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     salience: str = "integrated-gradients"
+    precision: str = "auto"
+    compile: bool = False
     lora: LoRAOptions = field(default_factory=LoRAOptions)
     ridge: RidgeOptions = field(default_factory=RidgeOptions)
     lstm: LSTMOptions = field(default_factory=LSTMOptions)
@@ -370,6 +384,7 @@ class FitConfig:
         self._check_choice("residual", RESIDUALS)
         self._check_choice("quantize", QUANTIZE)
         self._check_choice("salience", SALIENCE_METHODS)
+        self._check_choice("precision", PRECISIONS)
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             self._bad("backbone", "a backbone name, HuggingFace model id or local directory")
         dev = self.device
@@ -403,7 +418,7 @@ class FitConfig:
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
         if abs(sum(self.split) - 1.0) > 1e-6:
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
-        for name in ("gradient_checkpointing", "trust_remote_code"):
+        for name in ("gradient_checkpointing", "trust_remote_code", "compile"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(name, "true or false")
         if self.quantize is not None and self.backbone in BASELINE_NAMES:

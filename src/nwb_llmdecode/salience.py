@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .progress import Progress
 
 __all__ = [
+    "IMPLEMENTATIONS",
     "METHODS",
     "ablation_check",
     "compute_salience",
@@ -48,17 +49,122 @@ METHODS = {
 }
 
 
-def _windows(start: int, stop: int, seq_len: int) -> np.ndarray:
-    """Window starts covering ``[start, stop)`` (stride 1); a clear error when none fits."""
+def _windows(start: int, stop: int, seq_len: int, stride: int = 1) -> np.ndarray:
+    """Window starts covering ``[start, stop)``; a clear error when none fits."""
     from .windows import window_starts
 
-    starts = window_starts(start, stop, seq_len)
+    starts = window_starts(start, stop, seq_len, stride)
     if not len(starts):
         raise ConfigError(
             f"the block [{start}, {stop}) is shorter than seq_len={seq_len}; use a shorter "
             "--seq-len or a larger test fraction"
         )
     return starts
+
+
+#: Ways of computing the attributions (same definitions, same captum step rule).
+IMPLEMENTATIONS: tuple[str, ...] = ("batched", "captum")
+
+
+def _frozen_params(model: Any) -> list[Any]:
+    """Parameters that require gradients; they are switched off during attribution (only
+    input gradients are needed, so the weight-gradient products are skipped)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    return params
+
+
+def _input_grads(model: Any, inp: Any, n_channels: int) -> Any:
+    """Gradients of each channel's window sum w.r.t. ``inp``: one forward, one backward per
+    channel (the forward graph is reused). Returns (channels, *inp.shape)."""
+    import torch
+
+    inp = inp.detach().requires_grad_(True)
+    out = model(inp).sum(dim=1)  # (B, C)
+    grads = []
+    for c in range(n_channels):
+        (g,) = torch.autograd.grad(out[:, c].sum(), inp, retain_graph=c < n_channels - 1)
+        grads.append(g)
+    return torch.stack(grads)
+
+
+def _batched_attributions(
+    model: Any,
+    inp: Any,
+    *,
+    method: str,
+    n_channels: int,
+    n_steps: int,
+    internal_batch_size: int,
+) -> tuple[Any, list[float], list[float]]:
+    """Attributions (channels, B, L, N) of one batch of windows, every channel from the same
+    forward passes; integrated gradients batches interpolation steps and windows together
+    (``internal_batch_size`` rows per pass) with captum's Gauss-Legendre steps and weights.
+    Returns also the per-channel mean |convergence delta| and mean |output|."""
+    import torch
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    if method != "integrated-gradients":
+        g = _input_grads(model, inp, n_channels)
+        return (g.abs() if method == "saliency" else g * inp), [], []
+    step_sizes_fn, alphas_fn = approximation_parameters("gausslegendre")
+    alphas = torch.tensor(alphas_fn(n_steps), dtype=inp.dtype, device=inp.device)
+    weights = torch.tensor(step_sizes_fn(n_steps), dtype=inp.dtype, device=inp.device)
+    n_win = inp.shape[0]
+    # rows are (step, window) pairs in step-major order, as captum orders them
+    step_of = torch.arange(n_steps, device=inp.device).repeat_interleave(n_win)
+    win_of = torch.arange(n_win, device=inp.device).repeat(n_steps)
+    acc = torch.zeros((n_channels, *inp.shape), dtype=inp.dtype, device=inp.device)
+    rows = max(int(internal_batch_size), 1)
+    for r0 in range(0, n_steps * n_win, rows):
+        st, wi = step_of[r0 : r0 + rows], win_of[r0 : r0 + rows]
+        scaled = alphas[st][:, None, None] * inp[wi]  # baseline 0: alpha * input
+        g = _input_grads(model, scaled, n_channels)  # (C, rows, L, N)
+        acc.index_add_(1, wi, g * weights[st][None, :, None, None])
+    attr = acc * inp[None]
+    with torch.no_grad():  # f(input) and f(baseline) in one pass, for the delta
+        ends = model(torch.cat([inp, torch.zeros_like(inp)])).sum(dim=1)
+    f_in, f_base = ends[:n_win], ends[n_win:]
+    deltas = (attr.sum(dim=(2, 3)) - (f_in - f_base).T).abs().mean(dim=1)
+    return attr, deltas.tolist(), f_in.abs().mean(dim=0).tolist()
+
+
+def _captum_attributions(
+    model: Any,
+    explainer: Any,
+    inp: Any,
+    *,
+    method: str,
+    n_channels: int,
+    n_steps: int,
+    internal_batch_size: int,
+) -> tuple[Any, list[float], list[float]]:
+    """The reference path: one captum call per channel (kept for the side-by-side
+    benchmark, ``benchmarks/bench_salience.py --mode timing``)."""
+    import torch
+
+    inp = inp.clone().requires_grad_(True)
+    out, deltas, scale = [], [], []
+    for c in range(n_channels):
+        if method == "integrated-gradients":
+            attr, delta = explainer.attribute(
+                inp,
+                baselines=torch.zeros_like(inp),
+                target=c,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=True,
+            )
+            deltas.append(delta.detach().abs().mean().item())
+            with torch.no_grad():
+                scale.append(model(inp).sum(dim=1)[:, c].abs().mean().item())
+        elif method == "saliency":
+            attr = explainer.attribute(inp, target=c, abs=True)
+        else:
+            attr = explainer.attribute(inp, target=c)
+        out.append(attr.detach())
+    return torch.stack(out), deltas, scale
 
 
 def compute_salience(
@@ -72,6 +178,9 @@ def compute_salience(
     n_steps: int = 16,
     device: str = "cpu",
     progress: Progress | None = None,
+    implementation: str = "batched",
+    internal_batch_size: int | None = None,
+    stride: int = 1,
 ) -> xr.Dataset:
     """Attribute a trained decoder's outputs to its input ROIs and frames.
 
@@ -79,7 +188,9 @@ def compute_salience(
     ----------
     model
         A torch module mapping normalised windows ``(batch, seq_len, rois)`` to
-        ``(batch, seq_len, channels)``.
+        ``(batch, seq_len, channels)``. It runs in its own precision (a
+        :class:`~nwb_llmdecode.models.Decoder` trained under bf16 autocast attributes
+        under bf16 autocast too).
     x
         (frames, rois) normalised activity (training mean 0, unit variance).
     block
@@ -89,13 +200,25 @@ def compute_salience(
     method
         ``"integrated-gradients"``, ``"saliency"`` (|gradient|) or ``"grad-x-input"``.
     batch_size
-        Windows per batch (integrated gradients multiplies it by ``n_steps`` internally).
+        Windows per batch.
     n_steps
         Integration steps of integrated gradients.
     device
         Torch device of ``model``.
     progress
         ``progress(stage, done, total)`` callback.
+    implementation
+        ``"batched"`` (default): every channel from the same forward pass, interpolation
+        steps and windows batched together, no weight gradients; ``"captum"``: one captum
+        call per channel (the reference; same definitions, several times slower, see
+        ``benchmarks/RESULTS.md``).
+    internal_batch_size
+        Rows (window x step) per forward pass of integrated gradients; default
+        ``8 * batch_size``.
+    stride
+        Frames between the starts of consecutive attributed windows (1: every window;
+        the last window always ends at the block's end, so every frame is covered).
+        ``stride > 1`` attributes ``stride`` times fewer windows.
 
     Returns
     -------
@@ -121,9 +244,19 @@ def compute_salience(
 
     if method not in METHODS:
         raise ConfigError(f"salience method {method!r} unknown; use one of {', '.join(METHODS)}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ConfigError(
+            f"salience implementation {implementation!r} unknown; use one of "
+            + ", ".join(IMPLEMENTATIONS)
+        )
     x = np.asarray(x, dtype=np.float32)
     n_frames, n_rois = x.shape
-    starts = _windows(block[0], block[1], seq_len)
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        raise ConfigError(f"salience stride={stride!r} is not valid: expected an integer >= 1")
+    starts = _windows(block[0], block[1], seq_len, stride)
+    ibs = internal_batch_size or (
+        8 * batch_size if implementation == "batched" else max(batch_size, 1) * 4
+    )
     was_training = model.training
     model.eval()
     xt = torch.from_numpy(x).to(device)
@@ -140,55 +273,54 @@ def compute_salience(
     by_output = torch.zeros(n_channels, n_rois, dtype=torch.float64, device=device)
     course_sum = torch.zeros(n_frames, n_rois, dtype=torch.float64, device=device)
     course_n = torch.zeros(n_frames, dtype=torch.float64, device=device)
-    deltas, out_scale = [], []
+    deltas: list[float] = []
+    out_scale: list[float] = []
     n_batches = int(np.ceil(len(starts) / batch_size))
     stage = f"salience ({method})"
     n_units = n_batches * n_channels  # progress moves with every (batch, channel) pass
     t0 = time.perf_counter()
     if progress:
         progress(stage, 0, n_units)
-    for b in range(n_batches):
-        s = torch.as_tensor(starts[b * batch_size : (b + 1) * batch_size], device=device)
-        frames = s[:, None] + offsets  # (B, L)
-        inp = xt[frames].clone().requires_grad_(True)
-        batch_abs = torch.zeros_like(inp, dtype=torch.float64)
-        for c in range(n_channels):
-            if method == "integrated-gradients":
-                attr, delta = explainer.attribute(
-                    inp,
-                    baselines=torch.zeros_like(inp),
-                    target=c,
-                    n_steps=n_steps,
-                    internal_batch_size=max(batch_size, len(s)) * 4,
-                    return_convergence_delta=True,
-                )
-                deltas.append(delta.detach().abs().mean().item())
-                with torch.no_grad():
-                    out_scale.append(summed(inp)[:, c].abs().mean().item())
-            elif method == "saliency":
-                attr = explainer.attribute(inp, target=c, abs=True)
+    frozen = _frozen_params(model) if implementation == "batched" else []
+    try:
+        for b in range(n_batches):
+            s = torch.as_tensor(starts[b * batch_size : (b + 1) * batch_size], device=device)
+            frames = s[:, None] + offsets  # (B, L)
+            inp = xt[frames]
+            kw = {"method": method, "n_channels": n_channels, "n_steps": n_steps}
+            if implementation == "batched":
+                attr, d, sc = _batched_attributions(model, inp, internal_batch_size=ibs, **kw)
             else:
-                attr = explainer.attribute(inp, target=c)
-            a = attr.detach().abs().to(torch.float64)
-            by_output[c] += a.sum(dim=(0, 1))
-            batch_abs += a
+                attr, d, sc = _captum_attributions(
+                    model, explainer, inp, internal_batch_size=ibs, **kw
+                )
+            deltas += d
+            out_scale += sc
+            a = attr.detach().abs().to(torch.float64)  # (C, B, L, N)
+            by_output += a.sum(dim=(1, 2))
+            batch_abs = a.mean(dim=0)
+            course_sum.index_add_(0, frames.reshape(-1), batch_abs.reshape(-1, n_rois))
+            course_n.index_add_(
+                0,
+                frames.reshape(-1),
+                torch.ones(frames.numel(), dtype=torch.float64, device=device),
+            )
             if progress:
-                progress(stage, b * n_channels + c + 1, n_units)
-        course_sum.index_add_(0, frames.reshape(-1), (batch_abs / n_channels).reshape(-1, n_rois))
-        course_n.index_add_(
-            0, frames.reshape(-1), torch.ones(frames.numel(), dtype=torch.float64, device=device)
-        )
-        spent = time.perf_counter() - t0
-        progress_log.info(
-            "%s: chunk %d/%d (%d windows), %.1f s, ETA %s",
-            stage,
-            b + 1,
-            n_batches,
-            len(s),
-            spent,
-            format_eta(spent / (b + 1) * (n_batches - b - 1)),
-        )
-    model.train(was_training)
+                progress(stage, (b + 1) * n_channels, n_units)
+            spent = time.perf_counter() - t0
+            progress_log.info(
+                "%s: chunk %d/%d (%d windows), %.1f s, ETA %s",
+                stage,
+                b + 1,
+                n_batches,
+                len(s),
+                spent,
+                format_eta(spent / (b + 1) * (n_batches - b - 1)),
+            )
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
 
     by_output_np = (by_output / (len(starts) * seq_len)).cpu().numpy().T  # (rois, channels)
     course = (course_sum / course_n.clamp(min=1)[:, None]).cpu().numpy().astype(np.float32)
@@ -199,6 +331,8 @@ def compute_salience(
         "n_windows": len(starts),
         "block": [int(block[0]), int(block[1])],
     }
+    if stride != 1:
+        attrs["stride"] = stride
     if deltas:
         attrs["convergence_delta"] = float(np.mean(deltas) / max(np.mean(out_scale), 1e-12))
         attrs["n_steps"] = n_steps

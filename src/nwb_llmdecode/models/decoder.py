@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import FitConfig
 from ..progress import Progress
@@ -25,12 +26,44 @@ from .backbones import Backbone, apply_train_mode, load_backbone
 from .baselines import LaggedLinear, LSTMDecoder, ReservoirDecoder, RidgeDecoder
 from .embeddings import LinearEmbedding, build_embedding
 
-__all__ = ["Decoder", "Model", "build_model"]
+__all__ = ["Decoder", "Model", "autocast_dtype", "build_model", "cpu_supports_bf16"]
 
 log = logging.getLogger(__name__)
 
 Model = nn.Module | RidgeDecoder | ReservoirDecoder
 """Anything :func:`build_model` returns."""
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 dot products (AVX512-BF16 or AMX), so that
+    bf16 autocast speeds matrix products up instead of emulating them."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch built without oneDNN
+        return False
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype:
+    """The dtype of the backbone's matrix products for a ``FitConfig.precision``.
+
+    ``"auto"``: bfloat16 on CUDA and on CPUs with native bf16 (:func:`cpu_supports_bf16`),
+    else float32. ``"bf16"``: bfloat16 anywhere. ``"fp32"``: float32 (no autocast).
+
+    Examples
+    --------
+    >>> autocast_dtype("fp32", "cuda")
+    torch.float32
+    >>> autocast_dtype("bf16", "cpu")
+    torch.bfloat16
+    """
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_supports_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 class Decoder(nn.Module):
@@ -56,8 +89,9 @@ class Decoder(nn.Module):
     Notes
     -----
     Encoders (BERT) get an all-ones attention mask, so every frame attends to the whole
-    window; decoder-only models (GPT-2, Llama) are causal by construction. On CUDA the
-    backbone runs under bf16 autocast; the head always returns float32.
+    window; decoder-only models (GPT-2, Llama) are causal by construction. The backbone
+    runs under autocast to ``autocast`` (see :func:`autocast_dtype`; ``None``: bfloat16
+    on CUDA, float32 on CPU); the input embedding and the head always run in float32.
     """
 
     def __init__(
@@ -68,8 +102,10 @@ class Decoder(nn.Module):
         *,
         train_mode: str = "full",
         base: LaggedLinear | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.autocast = autocast
         self.embedding = embedding
         self.backbone = backbone.model
         self.head = nn.Linear(backbone.hidden_size, n_channels)
@@ -87,6 +123,15 @@ class Decoder(nn.Module):
         if "use_cache" in params:
             self._extra["use_cache"] = False
         self._takes_mask = "attention_mask" in params
+
+    @property
+    def _recomputes(self) -> bool:
+        """True when the backbone recomputes activations (gradient checkpointing)."""
+        kind = type(self.backbone)
+        for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+            if hasattr(kind, attr):  # the first is the name of transformers >= 5
+                return bool(getattr(self.backbone, attr))
+        return False
 
     @property
     def n_rois(self) -> int:
@@ -126,12 +171,18 @@ class Decoder(nn.Module):
             kwargs["attention_mask"] = torch.ones(
                 emb.shape[:2], dtype=torch.long, device=emb.device
             )
-        ctx = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-            if emb.is_cuda
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        dtype = self.autocast
+        if dtype is None:
+            dtype = torch.bfloat16 if emb.is_cuda else torch.float32
+        with contextlib.ExitStack() as stack:
+            if dtype != torch.float32 and emb.device.type in ("cuda", "cpu"):
+                stack.enter_context(torch.autocast(device_type=emb.device.type, dtype=dtype))
+            if emb.device.type == "cpu" and not self._recomputes:
+                # windows are short (tens of frames): torch's CPU flash-attention kernel
+                # is slower there, 2.7x in its bf16 backward (benchmarks/RESULTS.md).
+                # Not with gradient checkpointing: its recomputation in the backward pass
+                # runs outside this context and must pick the same kernel.
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
             out = self.backbone(inputs_embeds=emb, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         pred = self.head(hidden.float())
@@ -254,7 +305,16 @@ def build_model(
         if config.residual == "ridge"
         else None
     )
-    model = Decoder(embedding, backbone, n_channels, train_mode=config.train_mode, base=base)
+    model = Decoder(
+        embedding,
+        backbone,
+        n_channels,
+        train_mode=config.train_mode,
+        base=base,
+        autocast=autocast_dtype(config.precision, device),
+    )
+    if config.compile:  # in place: state_dict keys stay those of the plain module
+        model.backbone.compile(dynamic=False)
     model.embedding.to(device)
     model.head.to(device)
     if base is not None:
