@@ -136,30 +136,44 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synthetic import make_session
+    from .synthetic import make_session, make_sessions
 
-    truth = make_session(
-        args.out,
+    common = dict(
         frames=args.frames,
-        rois=args.rois,
         planes=args.planes,
-        seed=args.seed,
         frame_rate=args.frame_rate,
         n_drivers=args.drivers,
         n_channels=args.channels,
         readout=args.readout,
+        population=args.population,
+        decoys=args.decoys,
+        spread_drivers=args.spread_drivers,
+        noise=args.noise,
         mask=args.mask,
         behavior_timestamps=args.behavior_timestamps,
         raw_imaging=args.raw_imaging,
+        recording=args.recording,
         overwrite=args.overwrite,
     )
-    if args.json:
-        print(truth.to_json())
-    else:
-        print(
-            f"wrote {truth.path}: {truth.n_frames} frames, {truth.n_rois} ROIs in "
-            f"{truth.n_planes} plane(s); driver ROIs {truth.driver_rois.tolist()}"
+    if args.sessions is not None:
+        truths = make_sessions(
+            args.out,
+            args.sessions,
+            rois=args.rois,
+            roi_step=args.roi_step,
+            seed=args.seed,
+            **common,
         )
+    else:
+        truths = [make_session(args.out, rois=args.rois, seed=args.seed, **common)]
+    for truth in truths:
+        if args.json:
+            print(truth.to_json())
+        else:
+            print(
+                f"wrote {truth.path}: {truth.n_frames} frames, {truth.n_rois} ROIs in "
+                f"{truth.n_planes} plane(s); driver ROIs {truth.driver_rois.tolist()}"
+            )
     return 0
 
 
@@ -598,8 +612,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_inspect)
 
-    p = add("synth", help="write a synthetic session with planted driver ROIs")
-    p.add_argument("out", help="output .nwb file")
+    p = add("synth", help="write synthetic session(s) with planted driver ROIs")
+    p.add_argument("out", help="output .nwb file (a folder with --sessions)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write N sessions of N animals (OUT/animal<i>.nwb: subject synthetic-fish-<i>, "
+        "ROI count --rois + i x --roi-step, seed --seed + i) with the same readout planted "
+        "in different ROI sets (default: one session)",
+    )
+    p.add_argument(
+        "--roi-step", type=int, default=20, help="with --sessions: ROIs added per animal"
+    )
     p.add_argument("--frames", type=int, default=1200, help="imaging frames (volumes)")
     p.add_argument("--rois", type=int, default=300, help="ROIs over all planes")
     p.add_argument("--planes", type=int, default=2, help="imaging planes")
@@ -609,10 +635,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=3, help="tail-angle channels")
     p.add_argument(
         "--readout",
-        choices=["linear", "bouts"],
+        choices=["linear", "bouts", "interaction"],
         default="linear",
-        help="driver -> tail angle mapping: near-linear, or swim bouts (vigour x "
-        "bend, which linear decoders cannot represent)",
+        help="driver -> tail angle mapping: near-linear, swim bouts (vigour x bend, which "
+        "linear decoders cannot represent) or a lagged interaction tanh(u + 0.9ab)",
+    )
+    p.add_argument(
+        "--population",
+        type=float,
+        default=0.8,
+        help="weight of the slow population factors shared by all ROIs",
+    )
+    p.add_argument(
+        "--decoys",
+        type=int,
+        default=0,
+        help="non-driver ROIs given a driver's slow component (correlate, do not drive)",
+    )
+    p.add_argument(
+        "--spread-drivers", action="store_true", help="put drivers on every plane in turn"
+    )
+    p.add_argument(
+        "--noise",
+        choices=["iid", "heteroscedastic", "correlated"],
+        default="iid",
+        help="observation noise added to the recorded dF/F",
+    )
+    p.add_argument(
+        "--recording",
+        type=int,
+        default=0,
+        help="recording number of the same animal: same ROIs and drivers, new activity",
     )
     p.add_argument(
         "--mask", choices=["image", "pixel", "voxel"], default="image", help="ROI mask type"
