@@ -105,8 +105,8 @@ def test_fit_sessions_decodes_and_adapt_changes_only_embedding(animals, tiny_gpt
     assert list(res.model.heads) == ["tail_angles"]
     for key, r in res.sessions.items():
         r2 = float(np.nanmean(r.metric("r2", "test")))
-        assert r2 > 0.3, (key, r2)
-    assert res.pooled_metrics("test")["r2"] > 0.3
+        assert r2 > 0.5, (key, r2)
+    assert res.pooled_metrics("test")["r2"] > 0.6
 
     before = {n: t.detach().clone() for n, t in res.model.state_dict().items()}
     new = _arrays(animals[3].path)
@@ -115,7 +115,7 @@ def test_fit_sessions_decodes_and_adapt_changes_only_embedding(animals, tiny_gpt
     for n, t in before.items():
         assert torch.equal(t, after[n]), f"{n} changed during adaptation"
     assert any(n.startswith("embeddings.animal3.") for n in after)
-    assert float(np.nanmean(ad.sessions["animal3"].metric("r2", "test"))) > 0.2
+    assert float(np.nanmean(ad.sessions["animal3"].metric("r2", "test"))) > 0.4
 
 
 def test_unit_and_rate_mismatch_refused(animals):
@@ -129,3 +129,67 @@ def test_unit_and_rate_mismatch_refused(animals):
     c.frame_rate = 4.0
     with pytest.raises(DataError, match="different imaging rates"):
         fit_sessions([a, c], config=FitConfig(backbone="minilm", seq_len=10))
+
+
+def test_cli_fit_many_and_adapt(animals, tiny_gpt2, tmp_path, capsys):
+    from nwb_llmdecode.io.results import read_results
+    from nwb_llmdecode.salience import salience_order
+
+    paths = [str(t.path) for t in animals[:3]]
+    common = [
+        "--backbone",
+        str(tiny_gpt2),
+        "--seq-len",
+        "10",
+        "--epochs",
+        "12",
+        "--salience",
+        "saliency",
+    ]
+    rc = main(["fit", *paths, "--out", str(tmp_path / "out"), *common])
+    assert rc == 0
+    files = sorted((tmp_path / "out").glob("*_desc-llmdecode.nwb"))
+    assert len(files) == 3
+    ckpt = tmp_path / "out" / "multisession_checkpoint"
+    assert (ckpt / "multi.json").is_file() and (ckpt / "weights.pt").is_file()
+    for f, truth in zip(files, animals[:3], strict=True):
+        res = read_results(f)
+        assert res is not None
+    # salience on the easiest session finds planted drivers
+    res0 = read_results(files[0])
+    import json
+
+    assert len(json.loads(res0.attrs["run"]["sessions"])) == 3
+    values = np.asarray(res0["salience"].values)
+    top = set(salience_order(values)[: 2 * len(animals[0].driver_rois)].tolist())
+    assert len(top & set(animals[0].driver_rois.tolist())) >= 2
+
+    out4 = tmp_path / "a3.nwb"
+    rc = main(["adapt", str(ckpt), str(animals[3].path), "--out", str(out4), "--epochs", "10"])
+    assert rc == 0 and out4.is_file()
+    assert read_results(out4) is not None
+
+
+def test_cli_unit_mismatch_exit2(animals, tmp_path, capsys):
+    from nwb_llmdecode.synthetic import make_session
+
+    odd = tmp_path / "odd.nwb"
+    make_session(odd, frames=300, rois=20, n_drivers=3, planes=1, seed=9)
+    import h5py
+
+    with h5py.File(odd, "r+") as f:
+        f["acquisition/tail_angles/data"].attrs["unit"] = "degrees"
+    rc = main(
+        [
+            "fit",
+            str(animals[0].path),
+            str(odd),
+            "--backbone",
+            "minilm",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "unit" in err, err

@@ -297,6 +297,9 @@ def _print_metrics(metrics: list[dict[str, Any]], stream: Any) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     config, job = _fit_config(args)  # options first: a bad one costs no heavy import
     ablation = _csv(args.ablation, int, "--ablation")
+    if len(args.source) > 1:
+        return _cmd_fit_many(args, config, job, ablation)
+    args.source = args.source[0]
 
     from .pipeline import fit
 
@@ -329,6 +332,62 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
+    return 0
+
+
+def _print_multi(report: Any, stream: Any) -> None:
+    for key, path in report.outputs.items():
+        rows = [m for m in report.metrics[key] if m["split"] == "test"]
+        r2 = sum(m["r2"] for m in rows) / max(len(rows), 1)
+        print(f"wrote {path} (test R² mean over channels {r2:.3f})", file=stream)
+    if report.checkpoint:
+        print(f"shared decoder: {report.checkpoint}", file=stream)
+    if len(report.outputs) > 1:
+        print(f"pooled test R² (z-scored units) {report.pooled['r2']:.3f}", file=stream)
+
+
+def _cmd_fit_many(args: argparse.Namespace, config: Any, job: dict, ablation: Any) -> int:
+    from .errors import ConfigError
+
+    if args.in_place or ablation:
+        raise ConfigError(
+            "--in-place and --ablation are single-session options; fit one source with them"
+        )
+    from .multisession import fit_many
+
+    report = fit_many(
+        args.source,
+        config=config,
+        out_dir=args.out or job.get("out"),
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+        rois=args.rois or job.get("rois"),
+        behavior=args.behavior or job.get("behavior"),
+        cache_dir=args.cache_dir,
+    )
+    _print_multi(report, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in report.outputs.items()}))
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from .multisession import adapt
+
+    report = adapt(
+        args.checkpoint,
+        args.source,
+        out=args.out,
+        save_checkpoint=args.save_checkpoint,
+        overwrite=args.overwrite,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        rois=args.rois,
+        behavior=args.behavior,
+        cache_dir=args.cache_dir,
+    )
+    _print_multi(report, sys.stdout)
     return 0
 
 
@@ -681,7 +740,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = add("fit", help="train a decoder and write the results as NWB")
-    p.add_argument("source", help="NWB file, URL or DANDI identifier")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="NWB file, URL or DANDI identifier; several train ONE decoder across sessions "
+        "(per-session input embedding, shared backbone, one head per behaviour name; "
+        "sessions must share the imaging rate: different rates are refused, not "
+        "resampled), writing one results file per session into --out (a folder) and one "
+        "shared checkpoint (--checkpoint)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="with several sources: the shared checkpoint directory "
+        "(default: <out>/multisession_checkpoint)",
+    )
     _selection_args(p)
     g = p.add_argument_group("model")
     g.add_argument(
@@ -833,6 +905,28 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_arg(p, "ablate")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     p.set_defaults(func=_cmd_ablate)
+
+    p = add(
+        "adapt",
+        help="fit only a new input embedding for a new session on a shared (multi-session) "
+        "decoder; backbone and heads stay frozen",
+    )
+    p.add_argument("checkpoint", help="shared checkpoint directory written by a multi-session fit")
+    p.add_argument("source", help="NWB file, URL or DANDI identifier of the new session")
+    _selection_args(p)
+    p.add_argument("--epochs", type=int, help="adaptation epochs (default: the checkpoint's)")
+    p.add_argument("--lr", type=float, help="embedding learning rate (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, help="seed (default: the checkpoint's)")
+    p.add_argument(
+        "--out", help="output file (default: <stem>_desc-llmdecode.nwb beside the source)"
+    )
+    p.add_argument(
+        "--save-checkpoint",
+        metavar="DIR",
+        help="also write the decoder with the new session's embedding here (default: none)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_adapt)
 
     p = add("predict", help="apply a saved decoder to another session")
     p.add_argument("checkpoint", help="the *_checkpoint directory written by fit")

@@ -15,11 +15,13 @@ Sessions must share the imaging rate: sessions at different rates are refused
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,14 @@ from .evaluate import compute_metrics, predict_blocks, regression_metrics
 from .result import FitResult, Normalization, check_arrays, resolve_device
 from .train import _masked_mse, _param_groups, progress_log
 
-__all__ = ["MultiFitResult", "SessionArrays", "adapt_session", "fit_sessions"]
+__all__ = [
+    "MultiFitResult",
+    "SessionArrays",
+    "adapt_session",
+    "fit_sessions",
+    "load_multi_checkpoint",
+    "save_multi_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,7 @@ class MultiFitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     head_units: dict[str, str] = field(default_factory=dict)
+    frame_rate: float = float("nan")
 
     def pooled_metrics(self, split: str = "test") -> dict[str, float]:
         """R², Pearson r and RMSE pooled over the ``split`` frames of all sessions.
@@ -356,7 +366,12 @@ def fit_sessions(sessions: Sequence[SessionArrays], *, config: FitConfig) -> Mul
         history, best_epoch = _train(model, preps, config)
         results = _results(model, preps, config, device, t_start, history, best_epoch)
     return MultiFitResult(
-        model, results, history, best_epoch, {k: u for k, (_n, u) in heads.items()}
+        model,
+        results,
+        history,
+        best_epoch,
+        {k: u for k, (_n, u) in heads.items()},
+        float(sessions[0].frame_rate),
     )
 
 
@@ -366,6 +381,7 @@ def adapt_session(
     *,
     config: FitConfig,
     head_units: dict[str, str] | None = None,
+    frame_rate: float | None = None,
 ) -> MultiFitResult:
     """Fit only a new input embedding for ``session``; backbone and heads stay frozen.
 
@@ -379,7 +395,14 @@ def adapt_session(
         Run options (epochs, lr, seq_len... of the adaptation).
     head_units
         Unit of each head, checked against the session's units when given.
+    frame_rate
+        Imaging rate the decoder was trained at; a session at another rate is refused.
     """
+    if frame_rate is not None and abs(float(session.frame_rate) - frame_rate) > 1e-6:
+        raise DataError(
+            f"{session.key}: imaging rate {session.frame_rate} Hz, but the decoder was "
+            f"trained at {frame_rate} Hz; adaptation does not resample"
+        )
     for name, n, unit in session.heads():
         if name not in model.heads:
             raise DataError(
@@ -417,4 +440,99 @@ def adapt_session(
         for n, p in model.named_parameters():
             if n in frozen:
                 p.requires_grad_(frozen[n])
-    return MultiFitResult(model, results, history, best_epoch, dict(head_units or {}))
+    return MultiFitResult(
+        model, results, history, best_epoch, dict(head_units or {}), float(session.frame_rate)
+    )
+
+
+MULTI_FORMAT = "nwb-llmdecode-multi/1"
+
+
+def save_multi_checkpoint(
+    result: MultiFitResult, directory: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write the shared decoder as data only: ``weights.pt`` (tensors) and JSON.
+
+    Pretrained backbone weights that did not train are left out (reloaded from their
+    source), as single-session checkpoints do.
+    """
+    from ..errors import OutputExistsError
+    from .checkpoint import _atomic_write, package_versions
+
+    d = Path(directory)
+    if (d / "multi.json").exists() and not overwrite:
+        raise OutputExistsError(f"{d}: holds a checkpoint; pass overwrite=True (--overwrite)")
+    d.mkdir(parents=True, exist_ok=True)
+    model = result.model
+    whole = model.base.saves_whole_backbone
+    state = {
+        f"model.{k}": v.detach().cpu().clone().contiguous()
+        for k, v in model.state_dict().items()
+        if whole or not k.startswith("base.backbone.") or "lora_" in k
+    }
+    for key, res in result.sessions.items():
+        state.update({f"norm.{key}.{k}": v for k, v in res.normalization.state_dict().items()})
+    config = next(iter(result.sessions.values())).config
+    meta = {
+        "format": MULTI_FORMAT,
+        "backbone": config.backbone,
+        "n_rois": {k: int(e.n_rois) for k, e in model.embeddings.items()},
+        "heads": {k: int(h.out_features) for k, h in model.heads.items()},
+        "head_units": result.head_units,
+        "session_heads": model.session_heads,
+        "whole_backbone_saved": bool(whole),
+        "frame_rate": result.frame_rate,
+        "test_metrics": {
+            k: [m for m in r.metrics if m["split"] == "test"] for k, r in result.sessions.items()
+        },
+        "versions": package_versions(),
+    }
+    _atomic_write(d / "weights.pt", lambda p: torch.save(state, p))
+    _atomic_write(d / "config.json", lambda p: p.write_text(config.to_json(indent=2)))
+    _atomic_write(d / "multi.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return d
+
+
+def load_multi_checkpoint(
+    directory: str | Path, *, device: str = "cpu"
+) -> tuple[MultiSessionDecoder, FitConfig, dict[str, Any]]:
+    """Rebuild a multi-session decoder from :func:`save_multi_checkpoint` (data only).
+
+    Returns the model, its config and the checkpoint's metadata.
+    """
+    from .checkpoint import _read_weights
+
+    d = Path(directory)
+    meta_path = d / "multi.json"
+    if not meta_path.is_file():
+        raise DataError(
+            f"{d}: not a multi-session checkpoint (no multi.json); give the checkpoint "
+            "directory that a multi-session fit wrote"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = FitConfig.from_json((d / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{d}: unreadable checkpoint metadata ({e}); fit again") from None
+    if meta.get("format") != MULTI_FORMAT:
+        raise DataError(f"{meta_path}: format {meta.get('format')!r}, expected {MULTI_FORMAT}")
+    dev = resolve_device(device)
+    config = config.replace(device=str(dev))
+    model = build_multi_model(
+        config,
+        n_rois=meta["n_rois"],
+        heads=meta["heads"],
+        session_heads=meta["session_heads"],
+        device=dev,
+    )
+    state = _read_weights(d / "weights.pt", dev)
+    model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(model_state, strict=False)
+    bad = [k for k in missing if not k.startswith("base.backbone.") or meta["whole_backbone_saved"]]
+    if bad or unexpected:
+        raise DataError(
+            f"{d}: weights do not fit the decoder (missing {bad[:3]}, unexpected "
+            f"{list(unexpected)[:3]}); fit again"
+        )
+    model.eval()
+    return model, config, meta
