@@ -500,9 +500,37 @@ def _csv(text: str | None, cast: Any = str, option: str = "") -> tuple[Any, ...]
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import CompareGrid, run_compare
+    from .errors import ConfigError
 
     base, job = _fit_config(args)
+    if args.protocol == "pooled-vs-single":
+        from .compare_pooled import run_pooled_vs_single
+
+        models = _csv(args.models, str, "--models") or (base.backbone,)
+        if len(models) != 1:
+            raise ConfigError(
+                f"--protocol pooled-vs-single compares one backbone, got --models {args.models}"
+            )
+        out, st = run_pooled_vs_single(
+            args.source,
+            base=base.replace(backbone=models[0]),
+            seeds=args.seeds if args.seeds is not None else 3,
+            report_dir=args.report,
+            rois=args.rois or job.get("rois"),
+            behavior=args.behavior or job.get("behavior"),
+            cache_dir=args.cache_dir,
+        )
+        print(st.to_string(index=False))
+        print(f"\nwrote {out / 'results.csv'}, {out / 'stats.csv'}, {out / 'report.md'}")
+        return 0
+    if len(args.source) != 1:
+        raise ConfigError(
+            f"compare's grid protocol takes one session, got {len(args.source)}; pass "
+            "--protocol pooled-vs-single to compare pooling across sessions"
+        )
+    args.source = args.source[0]
+    from .compare import CompareGrid, run_compare
+
     defaults = CompareGrid()
     grid = CompareGrid(
         models=_csv(args.models, str, "--models") or defaults.models,
@@ -842,7 +870,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit)
 
     p = add("compare", help="run a grid of decoders and seeds; write a report")
-    p.add_argument("source", help="NWB file, URL or DANDI identifier")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="NWB file, URL or DANDI identifier (several, at least 3, with "
+        "--protocol pooled-vs-single)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["grid", "pooled-vs-single"],
+        default="grid",
+        help="grid: models x inits x windows x seeds on one session; pooled-vs-single: for "
+        "each held-out session, a decoder fitted on the others and adapted (only a new "
+        "input embedding trains) vs one fitted on it alone, --seeds seeds each (default 3 "
+        "here), Wilcoxon signed-rank and effect size in stats.csv",
+    )
     _selection_args(p)
     p.add_argument(
         "--models",
