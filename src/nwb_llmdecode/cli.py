@@ -136,30 +136,44 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synthetic import make_session
+    from .synthetic import make_session, make_sessions
 
-    truth = make_session(
-        args.out,
+    common = dict(
         frames=args.frames,
-        rois=args.rois,
         planes=args.planes,
-        seed=args.seed,
         frame_rate=args.frame_rate,
         n_drivers=args.drivers,
         n_channels=args.channels,
         readout=args.readout,
+        population=args.population,
+        decoys=args.decoys,
+        spread_drivers=args.spread_drivers,
+        noise=args.noise,
         mask=args.mask,
         behavior_timestamps=args.behavior_timestamps,
         raw_imaging=args.raw_imaging,
+        recording=args.recording,
         overwrite=args.overwrite,
     )
-    if args.json:
-        print(truth.to_json())
-    else:
-        print(
-            f"wrote {truth.path}: {truth.n_frames} frames, {truth.n_rois} ROIs in "
-            f"{truth.n_planes} plane(s); driver ROIs {truth.driver_rois.tolist()}"
+    if args.sessions is not None:
+        truths = make_sessions(
+            args.out,
+            args.sessions,
+            rois=args.rois,
+            roi_step=args.roi_step,
+            seed=args.seed,
+            **common,
         )
+    else:
+        truths = [make_session(args.out, rois=args.rois, seed=args.seed, **common)]
+    for truth in truths:
+        if args.json:
+            print(truth.to_json())
+        else:
+            print(
+                f"wrote {truth.path}: {truth.n_frames} frames, {truth.n_rois} ROIs in "
+                f"{truth.n_planes} plane(s); driver ROIs {truth.driver_rois.tolist()}"
+            )
     return 0
 
 
@@ -285,6 +299,9 @@ def _print_metrics(metrics: list[dict[str, Any]], stream: Any) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     config, job = _fit_config(args)  # options first: a bad one costs no heavy import
     ablation = _csv(args.ablation, int, "--ablation")
+    if len(args.source) > 1:
+        return _cmd_fit_many(args, config, job, ablation)
+    args.source = args.source[0]
 
     from .engine.distributed import is_main_process
     from .pipeline import fit
@@ -321,6 +338,62 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
+    return 0
+
+
+def _print_multi(report: Any, stream: Any) -> None:
+    for key, path in report.outputs.items():
+        rows = [m for m in report.metrics[key] if m["split"] == "test"]
+        r2 = sum(m["r2"] for m in rows) / max(len(rows), 1)
+        print(f"wrote {path} (test R² mean over channels {r2:.3f})", file=stream)
+    if report.checkpoint:
+        print(f"shared decoder: {report.checkpoint}", file=stream)
+    if len(report.outputs) > 1:
+        print(f"pooled test R² (z-scored units) {report.pooled['r2']:.3f}", file=stream)
+
+
+def _cmd_fit_many(args: argparse.Namespace, config: Any, job: dict, ablation: Any) -> int:
+    from .errors import ConfigError
+
+    if args.in_place or ablation:
+        raise ConfigError(
+            "--in-place and --ablation are single-session options; fit one source with them"
+        )
+    from .multisession import fit_many
+
+    report = fit_many(
+        args.source,
+        config=config,
+        out_dir=args.out or job.get("out"),
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+        rois=args.rois or job.get("rois"),
+        behavior=args.behavior or job.get("behavior"),
+        cache_dir=args.cache_dir,
+    )
+    _print_multi(report, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in report.outputs.items()}))
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from .multisession import adapt
+
+    report = adapt(
+        args.checkpoint,
+        args.source,
+        out=args.out,
+        save_checkpoint=args.save_checkpoint,
+        overwrite=args.overwrite,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        rois=args.rois,
+        behavior=args.behavior,
+        cache_dir=args.cache_dir,
+    )
+    _print_multi(report, sys.stdout)
     return 0
 
 
@@ -433,9 +506,37 @@ def _csv(text: str | None, cast: Any = str, option: str = "") -> tuple[Any, ...]
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import CompareGrid, run_compare
+    from .errors import ConfigError
 
     base, job = _fit_config(args)
+    if args.protocol == "pooled-vs-single":
+        from .compare_pooled import run_pooled_vs_single
+
+        models = _csv(args.models, str, "--models") or (base.backbone,)
+        if len(models) != 1:
+            raise ConfigError(
+                f"--protocol pooled-vs-single compares one backbone, got --models {args.models}"
+            )
+        out, st = run_pooled_vs_single(
+            args.source,
+            base=base.replace(backbone=models[0]),
+            seeds=args.seeds if args.seeds is not None else 3,
+            report_dir=args.report,
+            rois=args.rois or job.get("rois"),
+            behavior=args.behavior or job.get("behavior"),
+            cache_dir=args.cache_dir,
+        )
+        print(st.to_string(index=False))
+        print(f"\nwrote {out / 'results.csv'}, {out / 'stats.csv'}, {out / 'report.md'}")
+        return 0
+    if len(args.source) != 1:
+        raise ConfigError(
+            f"compare's grid protocol takes one session, got {len(args.source)}; pass "
+            "--protocol pooled-vs-single to compare pooling across sessions"
+        )
+    args.source = args.source[0]
+    from .compare import CompareGrid, run_compare
+
     defaults = CompareGrid()
     grid = CompareGrid(
         models=_csv(args.models, str, "--models") or defaults.models,
@@ -604,8 +705,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_inspect)
 
-    p = add("synth", help="write a synthetic session with planted driver ROIs")
-    p.add_argument("out", help="output .nwb file")
+    p = add("synth", help="write synthetic session(s) with planted driver ROIs")
+    p.add_argument("out", help="output .nwb file (a folder with --sessions)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write N sessions of N animals (OUT/animal<i>.nwb: subject synthetic-fish-<i>, "
+        "ROI count --rois + i x --roi-step, seed --seed + i) with the same readout planted "
+        "in different ROI sets (default: one session)",
+    )
+    p.add_argument(
+        "--roi-step", type=int, default=20, help="with --sessions: ROIs added per animal"
+    )
     p.add_argument("--frames", type=int, default=1200, help="imaging frames (volumes)")
     p.add_argument("--rois", type=int, default=300, help="ROIs over all planes")
     p.add_argument("--planes", type=int, default=2, help="imaging planes")
@@ -615,10 +728,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=3, help="tail-angle channels")
     p.add_argument(
         "--readout",
-        choices=["linear", "bouts"],
+        choices=["linear", "bouts", "interaction"],
         default="linear",
-        help="driver -> tail angle mapping: near-linear, or swim bouts (vigour x "
-        "bend, which linear decoders cannot represent)",
+        help="driver -> tail angle mapping: near-linear, swim bouts (vigour x bend, which "
+        "linear decoders cannot represent) or a lagged interaction tanh(u + 0.9ab)",
+    )
+    p.add_argument(
+        "--population",
+        type=float,
+        default=0.8,
+        help="weight of the slow population factors shared by all ROIs",
+    )
+    p.add_argument(
+        "--decoys",
+        type=int,
+        default=0,
+        help="non-driver ROIs given a driver's slow component (correlate, do not drive)",
+    )
+    p.add_argument(
+        "--spread-drivers", action="store_true", help="put drivers on every plane in turn"
+    )
+    p.add_argument(
+        "--noise",
+        choices=["iid", "heteroscedastic", "correlated"],
+        default="iid",
+        help="observation noise added to the recorded dF/F",
+    )
+    p.add_argument(
+        "--recording",
+        type=int,
+        default=0,
+        help="recording number of the same animal: same ROIs and drivers, new activity",
     )
     p.add_argument(
         "--mask", choices=["image", "pixel", "voxel"], default="image", help="ROI mask type"
@@ -634,7 +774,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = add("fit", help="train a decoder and write the results as NWB")
-    p.add_argument("source", help="NWB file, URL or DANDI identifier")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="NWB file, URL or DANDI identifier; several train ONE decoder across sessions "
+        "(per-session input embedding, shared backbone, one head per behaviour name; "
+        "sessions must share the imaging rate: different rates are refused, not "
+        "resampled), writing one results file per session into --out (a folder) and one "
+        "shared checkpoint (--checkpoint)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="with several sources: the shared checkpoint directory "
+        "(default: <out>/multisession_checkpoint)",
+    )
     _selection_args(p)
     g = p.add_argument_group("model")
     g.add_argument(
@@ -736,7 +889,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit)
 
     p = add("compare", help="run a grid of decoders and seeds; write a report")
-    p.add_argument("source", help="NWB file, URL or DANDI identifier")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="NWB file, URL or DANDI identifier (several, at least 3, with "
+        "--protocol pooled-vs-single)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["grid", "pooled-vs-single"],
+        default="grid",
+        help="grid: models x inits x windows x seeds on one session; pooled-vs-single: for "
+        "each held-out session, a decoder fitted on the others and adapted (only a new "
+        "input embedding trains) vs one fitted on it alone, --seeds seeds each (default 3 "
+        "here), Wilcoxon signed-rank and effect size in stats.csv",
+    )
     _selection_args(p)
     p.add_argument(
         "--models",
@@ -799,6 +966,28 @@ def build_parser() -> argparse.ArgumentParser:
     _trust_arg(p, "ablate")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     p.set_defaults(func=_cmd_ablate)
+
+    p = add(
+        "adapt",
+        help="fit only a new input embedding for a new session on a shared (multi-session) "
+        "decoder; backbone and heads stay frozen",
+    )
+    p.add_argument("checkpoint", help="shared checkpoint directory written by a multi-session fit")
+    p.add_argument("source", help="NWB file, URL or DANDI identifier of the new session")
+    _selection_args(p)
+    p.add_argument("--epochs", type=int, help="adaptation epochs (default: the checkpoint's)")
+    p.add_argument("--lr", type=float, help="embedding learning rate (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, help="seed (default: the checkpoint's)")
+    p.add_argument(
+        "--out", help="output file (default: <stem>_desc-llmdecode.nwb beside the source)"
+    )
+    p.add_argument(
+        "--save-checkpoint",
+        metavar="DIR",
+        help="also write the decoder with the new session's embedding here (default: none)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_adapt)
 
     p = add("predict", help="apply a saved decoder to another session")
     p.add_argument("checkpoint", help="the *_checkpoint directory written by fit")

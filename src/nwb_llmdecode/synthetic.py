@@ -131,6 +131,7 @@ def make_session(
     summary_images: bool = True,
     fluorescence: bool = True,
     recording: int = 0,
+    subject_id: str = "synthetic-fish",
     overwrite: bool = False,
 ) -> SyntheticTruth:
     """Write a synthetic NWB session in which known *driver* ROIs determine behaviour.
@@ -195,6 +196,8 @@ def make_session(
         sessions with the same ROIs, masks, driver ROIs, readout weights and lags but
         freshly drawn neural activity (and so behaviour), like two sessions of one fish
         imaged on the same planes. A decoder fitted on one predicts the other.
+    subject_id
+        The NWB ``Subject.subject_id`` (``"synthetic-fish"`` by default).
     overwrite
         Replace ``path`` if it exists.
 
@@ -394,7 +397,7 @@ def make_session(
         ),
     )
     nwbfile.subject = Subject(
-        subject_id="synthetic-fish",
+        subject_id=subject_id,
         species="Danio rerio",
         age="P6D",
         sex="U",
@@ -585,3 +588,59 @@ def _raw_frames(rng: np.random.Generator, mean_img: np.ndarray, frames: int):
     return DataChunkIterator(
         data=gen(), maxshape=(frames, *mean_img.shape), dtype=np.dtype(np.uint16), buffer_size=16
     )
+
+
+def make_sessions(
+    outdir: str | os.PathLike[str],
+    n_sessions: int,
+    *,
+    rois: int = 120,
+    roi_step: int = 20,
+    seed: int = 0,
+    overwrite: bool = False,
+    **kwargs,
+) -> list[SyntheticTruth]:
+    """Write ``n_sessions`` sessions of as many animals with the same readout.
+
+    Every session is one animal (``subject_id`` ``"synthetic-fish-<i>"``), with its own
+    ROI count (``rois + i * roi_step``), its own ROI set and its own planted driver ROIs
+    (drawn with seed ``seed + i``), and the same behaviour name (``tail_angles``), unit
+    (radians), readout kind, frame rate and channel count: the same readout planted in
+    different ROI sets of different animals. Each file records its planted drivers in
+    its ``notes`` and the ``synthetic_driver`` column, as :func:`make_session` does.
+
+    Parameters
+    ----------
+    outdir
+        Folder of the files ``animal<i>.nwb``.
+    n_sessions
+        Number of sessions (animals), at least 1.
+    rois, roi_step
+        ROI count of the first animal and its increase from one animal to the next.
+    seed
+        Seed of the first animal; animal ``i`` uses ``seed + i``.
+    overwrite
+        Replace existing files.
+    **kwargs
+        Any other :func:`make_session` argument, the same for every animal.
+
+    Returns
+    -------
+    list of SyntheticTruth
+        The planted truth of each session, in order.
+    """
+    if n_sessions < 1:
+        raise ValueError(f"n_sessions must be at least 1, not {n_sessions}")
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        make_session(
+            out / f"animal{i}.nwb",
+            rois=rois + i * roi_step,
+            seed=seed + i,
+            subject_id=f"synthetic-fish-{i}",
+            overwrite=overwrite,
+            **kwargs,
+        )
+        for i in range(n_sessions)
+    ]
