@@ -60,6 +60,7 @@ def _cfg(backbone: Path, **kw) -> FitConfig:
         eval_batch_size=256,
         lr=3e-3,
         backbone_lr=1e-3,
+        train_stride=1,  # the epoch budget above was set for every window each epoch
     )
     return FitConfig(**{**base, **kw})
 
