@@ -275,7 +275,11 @@ def load_checkpoint(
             "save the checkpoint again with fit"
         ) from None
     n_rois, n_channels = int(meta["n_rois"]), int(meta["n_channels"])
-    if config.residual == "ridge" and not any(k.startswith("base.") for k in model_state):
+    if (
+        meta.get("kind") == "Decoder"
+        and config.residual == "ridge"
+        and not any(k.startswith("base.") for k in model_state)
+    ):
         # written before the ridge-residual decoder existed: a decoder without a base
         config = config.replace(residual="none")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
