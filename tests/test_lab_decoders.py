@@ -101,8 +101,10 @@ def test_default_fit_matches_or_beats_lagged_ridge(fits: dict, readout: str) -> 
     [
         pytest.param(
             "interaction",
+            # not strict: on a CPU without bf16 the fit runs in fp32 and the ranking may
+            # differ; the lost row is recorded in RESULTS.md either way
             marks=pytest.mark.xfail(
-                strict=True,
+                strict=False,
                 reason="lost row (RESULTS.md): no training epoch beats the ridge base on "
                 "validation, and ridge's weights rank 3 of the 4 drivers on top (p@k 0.75)",
             ),
