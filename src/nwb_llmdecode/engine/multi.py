@@ -33,7 +33,7 @@ from ..models.multi import MultiSessionDecoder, build_multi_model, make_embeddin
 from ..windows import iter_batches, split_blocks, window_starts
 from .evaluate import compute_metrics, predict_blocks, regression_metrics
 from .result import FitResult, Normalization, check_arrays, resolve_device
-from .train import _masked_mse, _param_groups, progress_log
+from .train import _improves, _masked_mse, _param_groups, _snapshot, progress_log
 
 __all__ = [
     "MultiFitResult",
@@ -248,12 +248,10 @@ def _train(
             raise DataError(f"training diverged (loss {train_loss}) in epoch {epoch}; lower lr")
         model.eval()
         val = _val_loss(model, preps, config)
-        improved = val < best - 1e-7
+        improved = _improves(val, best, config)
         if improved:
             best, best_epoch = val, epoch
-            best_state = {
-                n: t.detach().clone() for n, t in model.state_dict().items() if n in trainable
-            }
+            best_state = _snapshot(model, trainable)
         history.append(
             {
                 "epoch": epoch,

@@ -85,6 +85,18 @@ def _l2_penalty(model: torch.nn.Module, config: FitConfig) -> torch.Tensor | Non
     return config.embedding_l2 * total / weights[0].shape[0]
 
 
+def _snapshot(module: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named (trainable) tensors of ``module``: the state early stopping keeps."""
+    return {n: t.detach().clone() for n, t in module.state_dict().items() if n in names}
+
+
+def _improves(val_loss: float, best_loss: float, config: FitConfig) -> bool:
+    """Whether a validation loss counts as better than the best so far
+    (``config.min_improvement`` relative, and more than float noise)."""
+    margin = config.min_improvement * best_loss if math.isfinite(best_loss) else 0.0
+    return val_loss < best_loss - margin - 1e-7
+
+
 def _target_count(yn: np.ndarray, starts: np.ndarray, seq_len: int, warmup: int, first: int) -> int:
     """Behaviour samples the loss of a batch of windows counts (warm-up positions left out,
     as in the training loop)."""
@@ -173,9 +185,7 @@ def _train_torch(
         best_loss, _ = _val_score(model, zt, yn, val, config, predict)
         if dist is not None:
             best_loss = dist.broadcast([best_loss, 0.0])[0]
-        best_state = {
-            n: t.detach().clone() for n, t in state_src.state_dict().items() if n in trainable
-        }
+        best_state = _snapshot(state_src, trainable)
     stopped = False
     t_train = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -240,13 +250,10 @@ def _train_torch(
                 f"training diverged (loss {train_loss}) in epoch {epoch}; lower lr "
                 f"(now {config.lr}) or backbone_lr (now {config.backbone_lr})"
             )
-        margin = config.min_improvement * best_loss if math.isfinite(best_loss) else 0.0
-        improved = val_loss < best_loss - margin - 1e-7
+        improved = _improves(val_loss, best_loss, config)
         if improved:
             best_loss, best_epoch = val_loss, epoch
-            best_state = {
-                n: t.detach().clone() for n, t in state_src.state_dict().items() if n in trainable
-            }
+            best_state = _snapshot(state_src, trainable)
         history.append(
             {
                 "epoch": epoch,
