@@ -10,9 +10,14 @@ default decoder is then explained with the default salience method on the test b
 precision@k (k = number of planted drivers) is computed. One JSON line per fit; a
 Markdown table at the end.
 
-Models: ``default`` (``FitConfig()``), ``default-random`` (init random), ``ridge`` (lags and
-penalty chosen on validation), ``lstm``, ``no-residual`` (``residual="none"``, the decoder
-of earlier versions), ``frozen``.
+Models: ``default`` (``FitConfig()``: the transformer blended with ridge), ``default-random``
+(init random), ``ridge`` (lags and penalty chosen on validation), ``lstm``, ``residual``
+(``residual="ridge"``, the ridge-residual decoder), ``no-residual`` (``residual="none"``,
+the transformer alone), ``frozen``.
+
+``--zebrafish [DIR]`` adds rows on real whole-brain zebrafish activity (70 regions,
+``../shared/data``) with the **simulated** tail angle of ``examples/zebrafish_real_data.py``
+(4 driver regions, nonlinear lagged readout); its seeds change the simulated noise only.
 
 Examples
 --------
@@ -43,6 +48,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "default-random": {"init": "random"},
     "ridge": {"backbone": "ridge"},
     "lstm": {"backbone": "lstm"},
+    "residual": {"residual": "ridge"},
     "no-residual": {"residual": "none"},
     "frozen": {"train_mode": "frozen"},
 }
@@ -83,15 +89,55 @@ def run_case(
     steps: int,
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit every model on one session; precision@k for the default's salience."""
-    rows = []
+    """Fit every model on one synthetic session; precision@k for the default's salience."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "session.nwb"
-        kw = session_kwargs(frames, rois, readout, seed)
-        truth = make_session(path, **kw)
-        ds = load_session(path)
-        a = np.asarray(ds["activity"].values, np.float32)
-        b = np.asarray(ds["behavior"].values, np.float32)
+        truth = make_session(path, **session_kwargs(frames, rois, readout, seed))
+        a, b = _arrays(path)
+    key = {"shape": f"{frames}x{rois}", "readout": readout, "seed": seed}
+    return run_models(a, b, truth.driver_rois, key, models, steps, overrides)
+
+
+def run_zebrafish(
+    data: Path, seed: int, models: list[str], steps: int, overrides: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The same on real zebrafish region activity with the example's simulated tail angle."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "zebrafish_real_data",
+        Path(__file__).resolve().parents[1] / "examples" / "zebrafish_real_data.py",
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "zebrafish.nwb"
+        drivers = example.build_session(data, path, frame_rate=1.0, seed=seed)
+        a, b = _arrays(path)
+    key = {"shape": f"{a.shape[0]}x{a.shape[1]} real", "readout": "simulated tail", "seed": seed}
+    return run_models(a, b, np.asarray(drivers), key, models, steps, overrides)
+
+
+def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    ds = load_session(path)
+    a = np.asarray(ds["activity"].values, np.float32)
+    b = np.asarray(ds["behavior"].values, np.float32)
+    return a, b
+
+
+def run_models(
+    a: np.ndarray,
+    b: np.ndarray,
+    drivers: np.ndarray,
+    key: dict[str, Any],
+    models: list[str],
+    steps: int,
+    overrides: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Fit ``models`` on (activity, behaviour); one JSON-able row each."""
+    seed = int(key["seed"])
+    rows = []
     for name in models:
         extra = overrides if MODELS[name].get("backbone") not in ("ridge", "lstm") else {}
         cfg = FitConfig.from_dict({"seed": seed, **MODELS[name], **(extra or {})})
@@ -99,9 +145,7 @@ def run_case(
         res = fit_arrays(a, b, config=cfg)
         fit_s = time.perf_counter() - t0
         row: dict[str, Any] = {
-            "shape": f"{frames}x{rois}",
-            "readout": readout,
-            "seed": seed,
+            **key,
             "model": name,
             "test_r2": float(np.nanmean(res.metric("r2", "test"))),
             "val_r2": float(np.nanmean(res.metric("r2", "validation"))),
@@ -127,8 +171,8 @@ def run_case(
                 n_steps=steps,
             )
             row["salience_s"] = round(time.perf_counter() - t1, 1)
-            row["precision_at_k"] = precision_at_k(sal["salience"].values, truth.driver_rois)
-            row["k"] = len(truth.driver_rois)
+            row["precision_at_k"] = precision_at_k(sal["salience"].values, drivers)
+            row["k"] = len(drivers)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -166,20 +210,37 @@ def main() -> None:
         metavar="OPTION=JSON",
         help="override FitConfig options of the LLM models (e.g. train_stride=5)",
     )
+    p.add_argument(
+        "--zebrafish",
+        nargs="?",
+        type=Path,
+        const=Path(__file__).resolve().parents[2]
+        / "shared"
+        / "data"
+        / "zebrafish_legare2025_fish6",
+        help="also run the real zebrafish regions with a simulated tail (default: ../shared/data)",
+    )
+    p.add_argument("--no-synthetic", action="store_true", help="only the --zebrafish rows")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     rows = []
-    for shape in args.shapes:
+
+    def keep(got: list[dict[str, Any]]) -> None:
+        rows.extend(got)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in got)
+
+    if args.zebrafish is not None:
+        for seed in args.seeds:
+            keep(run_zebrafish(args.zebrafish, seed, args.models, args.steps, overrides))
+    for shape in [] if args.no_synthetic else args.shapes:
         frames, rois = (int(v) for v in shape.lower().split("x"))
         for readout in args.readouts:
             for seed in args.seeds:
-                got = run_case(frames, rois, readout, seed, args.models, args.steps, overrides)
-                rows += got
-                if args.out:
-                    args.out.parent.mkdir(parents=True, exist_ok=True)
-                    with args.out.open("a") as f:
-                        f.writelines(json.dumps(r) + "\n" for r in got)
+                keep(run_case(frames, rois, readout, seed, args.models, args.steps, overrides))
     print(table(rows))
 
 

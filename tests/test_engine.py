@@ -169,6 +169,40 @@ def test_early_stopping_restores_the_best_state(session):
     assert float(np.mean((pred - target) ** 2)) == pytest.approx(best["val_loss"], rel=1e-4)
 
 
+def test_blend_weight_is_chosen_on_validation_and_folded_into_the_model(session):
+    from nwb_llmdecode.engine.train import BLEND_WEIGHTS
+
+    activity, behavior = session
+    cfg = FitConfig(**{**QUICK, "epochs": 2, "precision": "fp32"})
+    assert cfg.residual == "blend"  # the default
+    res = fit_arrays(activity, behavior, config=cfg)
+    chosen = res.extra["fit"]
+    w = chosen["blend_weight"]
+    losses = chosen["blend_val_losses"]
+    assert w in BLEND_WEIGHTS and list(losses) == [str(x) for x in BLEND_WEIGHTS]
+    # the kept weight is the best on validation: no worse than either part alone
+    assert chosen["blend_val_loss"] == min(losses.values()) == losses[str(w)]
+    assert chosen["transformer_val_loss"] == losses["1.0"]
+    # ridge alone (w = 0), stitched through the decoder, is the ridge baseline itself
+    assert losses["0.0"] == pytest.approx(chosen["residual_ridge_val_loss"], rel=1e-5)
+    ridge = fit_arrays(activity, behavior, config=FitConfig(backbone="ridge", seq_len=10))
+    lags = chosen["residual_ridge_lags"]
+    assert lags == ridge.model.lags
+    # folded in: the base holds (1 - w) x ridge's weights, and the model is head + base
+    model = res.model
+    np.testing.assert_allclose(
+        model.base.weights[:lags].numpy(), (1 - w) * ridge.model.weights, rtol=1e-5, atol=1e-7
+    )
+    x = torch.randn(2, cfg.seq_len, activity.shape[1])
+    with torch.no_grad():
+        out = model(x)
+        base_only = model.base(x)
+    assert not torch.allclose(out, base_only) or w == 0.0
+    # nothing of the base survives in training: a blend with w = 1 is the transformer alone
+    alone = fit_arrays(activity, behavior, config=cfg.replace(residual="none"))
+    assert alone.history[0]["train_loss"] == pytest.approx(res.history[0]["train_loss"], rel=1e-5)
+
+
 def test_nan_behaviour_frames_are_masked(session):
     activity, behavior = session
     b = behavior.copy()

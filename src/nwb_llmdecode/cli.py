@@ -195,6 +195,8 @@ _FIT_KEYS = (
     "trust_remote_code",
     "patience",
     "train_stride",
+    "precision",
+    "compile",
     "salience",
 )
 _JOB_KEYS = ("rois", "behavior", "out")
@@ -817,8 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--residual",
-        choices=["ridge", "none"],
-        help="ridge: the transformer learns what lagged ridge regression cannot, on top of a "
+        choices=["blend", "ridge", "none"],
+        help="blend: the transformer averaged with lagged ridge regression, the weight "
+        "chosen on validation; ridge: the transformer learns what ridge cannot, on top of a "
         "ridge fit; none: the transformer alone (the paper's decoder) "
         f"{_fit_default('residual')}",
     )
@@ -857,6 +860,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="trade compute for memory in the backbone (default: off)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 autocast where the CPU or GPU supports it, else fp32 "
+        f"{_fit_default('precision')}",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the backbone (pays off only on long runs; default: off)",
     )
     g = p.add_argument_group("salience")
     g.add_argument(

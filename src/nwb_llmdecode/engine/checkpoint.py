@@ -277,7 +277,7 @@ def load_checkpoint(
     n_rois, n_channels = int(meta["n_rois"]), int(meta["n_channels"])
     if (
         meta.get("kind") == "Decoder"
-        and config.residual == "ridge"
+        and config.residual in ("ridge", "blend")
         and not any(k.startswith("base.") for k in model_state)
     ):
         # written before the ridge-residual decoder existed: a decoder without a base

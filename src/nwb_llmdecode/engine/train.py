@@ -320,6 +320,73 @@ def _fit_base(
     return {"lags": int(info["lags"]), "alpha": float(info["alpha"]), "val_loss": mse}
 
 
+#: Blend weights of the transformer tried on the validation block (ridge gets 1 - w).
+BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def _blend(
+    model: Decoder,
+    zt: torch.Tensor,
+    yn: np.ndarray,
+    blocks: Sequence[Block],
+    config: FitConfig,
+    predict: Any = predict_blocks,
+) -> dict[str, Any]:
+    """Average the trained transformer with its ridge base, the weight chosen on validation.
+
+    ``model`` has its fitted ridge base attached and its head trained without it. The
+    decoder's output is linear in the two parts, so the predictions of ``w * head +
+    (1 - w) * base`` are computed from one pass of each; the best ``w`` on the validation
+    block (ties go to the larger ridge share) is then folded into the weights: the head's
+    weight and bias times ``w``, the base's times ``1 - w``. The model stays one
+    :class:`Decoder`, with the checkpoint layout of the ridge-residual decoder.
+    """
+    assert model.base is not None
+    val = next(b for b in blocks if b.name == "validation")
+    base_state = {k: v.clone() for k, v in model.base.state_dict().items()}
+    head_state = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+
+    def scale(head_w: float, base_w: float) -> None:
+        with torch.no_grad():
+            for k, p in model.head.named_parameters():
+                p.copy_(head_state[k] * head_w)
+            model.base.weights.copy_(base_state["weights"] * base_w)
+            model.base.bias.copy_(base_state["bias"] * base_w)
+
+    def val_pred() -> np.ndarray:
+        pred = predict(model, zt, [val], seq_len=config.seq_len, batch_size=config.eval_batch_size)
+        return pred[val.start : val.stop].astype(np.float64)
+
+    scale(1.0, 0.0)
+    p_head = val_pred()
+    scale(0.0, 1.0)
+    p_base = val_pred()
+    y = yn[val.start : val.stop].astype(np.float64)
+    ok = np.isfinite(y) & np.isfinite(p_head) & np.isfinite(p_base)
+    losses = [
+        float(np.mean(((w * p_head + (1 - w) * p_base)[ok] - y[ok]) ** 2)) if ok.any() else 0.0
+        for w in BLEND_WEIGHTS
+    ]
+    best = min(range(len(BLEND_WEIGHTS)), key=lambda i: (losses[i], BLEND_WEIGHTS[i]))
+    w = BLEND_WEIGHTS[best]
+    scale(w, 1.0 - w)
+    log.info(
+        "blend: transformer weight %.1f, ridge %.1f (validation MSE %.4g; transformer alone "
+        "%.4g, ridge alone %.4g)",
+        w,
+        1.0 - w,
+        losses[best],
+        losses[-1],
+        losses[0],
+    )
+    return {
+        "blend_weight": w,
+        "blend_val_loss": losses[best],
+        "transformer_val_loss": losses[-1],
+        "blend_val_losses": dict(zip([str(x) for x in BLEND_WEIGHTS], losses, strict=True)),
+    }
+
+
 def _fit_choices(
     base: dict[str, Any] | None, best_epoch: int, stopped: bool, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -333,8 +400,12 @@ def _fit_choices(
         out["residual_ridge_lags"] = base["lags"]
         out["residual_ridge_alpha"] = base["alpha"]
         out["residual_ridge_val_loss"] = base["val_loss"]
-        # best epoch 0: no training epoch beat the ridge base on validation
-        out["residual_kept_base_only"] = best_epoch == 0
+        if "blend_weight" in base:
+            out.update({k: v for k, v in base.items() if k.startswith(("blend_", "transf"))})
+            out["residual_kept_base_only"] = base["blend_weight"] == 0.0
+        else:
+            # best epoch 0: no training epoch beat the ridge base on validation
+            out["residual_kept_base_only"] = best_epoch == 0
     return out
 
 
@@ -430,12 +501,27 @@ def fit_arrays(
             history = [info]
             zt: Any = z
         else:
-            if isinstance(model, Decoder) and model.base is not None:
+            base = model.base if isinstance(model, Decoder) else None
+            if base is not None:
                 base_info = _fit_base(model, z, yn, blocks, config, progress)
+                if config.residual == "blend":
+                    model.base = None  # the transformer is trained alone, then blended
             zt = torch.from_numpy(z).to(device)
             history, best_epoch, stopped = _train_torch(
                 model, zt, yn, blocks, config, device, progress, dist
             )
+            if base is not None and base_info is not None and config.residual == "blend":
+                model.base = base
+                base_info.update(
+                    _blend(
+                        model,
+                        zt,
+                        yn,
+                        blocks,
+                        config,
+                        predict_blocks if dist is None else dist.predict_blocks,
+                    )
+                )
         pred_n = (predict_blocks if dist is None else dist.predict_blocks)(
             model,
             zt,

@@ -82,9 +82,10 @@ class Decoder(nn.Module):
         :func:`~nwb_llmdecode.models.backbones.apply_train_mode`).
     base
         Optional fixed :class:`~nwb_llmdecode.models.baselines.LaggedLinear` (a fitted
-        ridge model) whose output is added to the head's: the ridge-residual decoder. The
-        head then starts at zero, so the untrained decoder predicts exactly what the base
-        predicts.
+        ridge model) whose output is added to the head's: the ridge-residual decoder, or
+        the blended decoder (``FitConfig.residual``), whose head and base are scaled by the
+        blend weight. With ``zero_head`` the head starts at zero, so the untrained decoder
+        predicts exactly what the base predicts.
 
     Notes
     -----
@@ -103,6 +104,7 @@ class Decoder(nn.Module):
         train_mode: str = "full",
         base: LaggedLinear | None = None,
         autocast: torch.dtype | None = None,
+        zero_head: bool = True,
     ) -> None:
         super().__init__()
         self.autocast = autocast
@@ -110,7 +112,7 @@ class Decoder(nn.Module):
         self.backbone = backbone.model
         self.head = nn.Linear(backbone.hidden_size, n_channels)
         self.base = base
-        if base is not None:
+        if base is not None and zero_head:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         self.train_mode = train_mode
@@ -302,7 +304,7 @@ def build_model(
     )
     base = (
         LaggedLinear(n_rois, n_channels, max_lags=config.seq_len)
-        if config.residual == "ridge"
+        if config.residual in ("ridge", "blend")
         else None
     )
     model = Decoder(
@@ -312,6 +314,8 @@ def build_model(
         train_mode=config.train_mode,
         base=base,
         autocast=autocast_dtype(config.precision, device),
+        # blend: the transformer is trained alone first (engine/train.py), its head as usual
+        zero_head=config.residual == "ridge",
     )
     if config.compile:  # in place: state_dict keys stay those of the plain module
         model.backbone.compile(dynamic=False)
