@@ -203,6 +203,22 @@ def test_blend_weight_is_chosen_on_validation_and_folded_into_the_model(session)
     assert alone.history[0]["train_loss"] == pytest.approx(res.history[0]["train_loss"], rel=1e-5)
 
 
+def test_lr_warmup_starts_the_learning_rate_near_zero(session):
+    from nwb_llmdecode.models import build_model
+
+    activity, behavior = session
+    cfg = FitConfig(backbone="lstm", lstm={"hidden": 8}, **{**QUICK, "epochs": 1})
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg, n_rois=activity.shape[1], n_channels=behavior.shape[1])
+    # a warm-up of a billion epochs: the first epoch's steps are ~1e-9 of the learning rate
+    frozen = fit_arrays(activity, behavior, config=cfg.replace(lr_warmup=1e9)).model
+    moved = fit_arrays(activity, behavior, config=cfg.replace(lr_warmup=0.0)).model
+    before, after = init.state_dict(), moved.state_dict()
+    for name, p1 in frozen.state_dict().items():
+        assert torch.allclose(before[name], p1, atol=1e-6), name
+    assert any(not torch.allclose(before[n], p, atol=1e-4) for n, p in after.items())
+
+
 def test_nan_behaviour_frames_are_masked(session):
     activity, behavior = session
     b = behavior.copy()

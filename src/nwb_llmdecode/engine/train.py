@@ -177,6 +177,16 @@ def _train_torch(
         net, opt = dist.prepare(model, opt)
         predict, state_src = dist.predict_blocks, dist.state_model(model)
     seq = torch.arange(config.seq_len, device=device)
+    # linear learning-rate warm-up over the first lr_warmup epochs' steps, then constant
+    per_epoch = math.ceil(int(has_target.sum()) / stride)
+    if config.max_windows_per_epoch is not None:
+        per_epoch = min(per_epoch, config.max_windows_per_epoch)
+    warm_steps = round(config.lr_warmup * math.ceil(max(per_epoch, 1) / config.batch_size))
+    sched = (
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm_steps))
+        if warm_steps > 1
+        else None
+    )
     history: list[dict[str, Any]] = []
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     best_loss, best_epoch, best_state = float("inf"), 0, None
@@ -235,6 +245,8 @@ def _train_torch(
                 dist.backward(total_loss)
                 dist.clip_grad_norm_(params, 1.0)
             opt.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
             if progress is not None:
