@@ -161,7 +161,13 @@ def zebrafish_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the reference picture was made with these training options (lr and stride of the
     # defaults of the time): the screenshot checks the viewer, not the decoder
     config = FitConfig(
-        backbone="lstm", epochs=1, salience="grad-x-input", seed=0, lr=1e-3, train_stride=1
+        backbone="lstm",
+        epochs=1,
+        salience="grad-x-input",
+        seed=0,
+        lr=1e-3,
+        train_stride=1,
+        lr_warmup=0.0,
     )
     return fit(session, config=config, checkpoint=False).output
 
