@@ -12,7 +12,10 @@ APT_PACKAGES := xvfb xauth libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb
   libxcb-cursor0 libdbus-1-3 libfontconfig1 libgl1 libegl1 libglib2.0-0 chromium \
   slurm-wlm munge
 DEMO_DIR ?= build/demo
-PYTEST_ARGS ?=
+# One pytest worker per CPU (at most 4), whole test files per worker, the files with slow
+# tests first (tests/conftest.py): much of the suite waits on subprocesses, servers and the
+# GUI, so two workers on two cores halve the run; -n 0 runs it serially.
+PYTEST_ARGS ?= -n logical --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup system-deps demo test lint clean
 
