@@ -108,6 +108,26 @@ def test_explain_gives_salience_on_the_rois(fitted, sessions):
         Decoder(backbone="ridge", seq_len=10).fit(ds).explain()
 
 
+def test_explain_attributes_every_fourth_window_by_default(fitted):
+    """``salience_stride=None`` attributes every ``seq_len // 4``-th window; 1 is every
+    window. Both cover every frame of the test block, and the strided ranking keeps most of
+    the full ranking's top 3 (the values differ: fewer windows are averaged)."""
+    _, dec = fitted
+    strided = dec.explain(method="grad-x-input")
+    full = dec.explain(method="grad-x-input", stride=1)
+    assert strided.attrs["stride"] == max(1, dec.config.seq_len // 4) > 1
+    assert "stride" not in full.attrs
+    frames = [np.isfinite(s["salience_timecourse"].values).all(axis=1) for s in (strided, full)]
+    np.testing.assert_array_equal(frames[0], frames[1])  # the same frames: the whole block
+    test = dec.splits_.sel(split="test")
+    assert frames[0].sum() == int(test["stop"] - test["start"])
+    assert not np.allclose(strided["salience"].values, full["salience"].values)
+    top = lambda s: set(np.argsort(-s["salience"].values)[:3].tolist())  # noqa: E731
+    assert len(top(strided) & top(full)) >= 2
+    with pytest.raises(ConfigError, match="salience_stride"):
+        FitConfig(salience_stride=0)
+
+
 def test_notebook_flow_round_trips_through_nwb(fitted, tmp_path):
     """load -> fit -> explain -> ablate -> to_nwb -> read_results gives back what the
     Decoder returned, on every object of the results module."""

@@ -158,8 +158,8 @@ def zebrafish_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     session = d / "legare2025_fish6_simulated.nwb"
     with np.errstate(invalid="ignore"):  # a constant region: the example's own z-scoring
         example.build_session(ZEBRAFISH, session, frame_rate=1.0)
-    # the reference picture was made with these training options (lr and stride of the
-    # defaults of the time): the screenshot checks the viewer, not the decoder
+    # the reference picture was made with these training and salience options (lr and
+    # strides of the defaults of the time): the screenshot checks the viewer, not the decoder
     config = FitConfig(
         backbone="lstm",
         epochs=1,
@@ -168,6 +168,7 @@ def zebrafish_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         lr=1e-3,
         train_stride=1,
         lr_warmup=0.0,
+        salience_stride=1,
     )
     return fit(session, config=config, checkpoint=False).output
 

@@ -198,6 +198,7 @@ _FIT_KEYS = (
     "precision",
     "compile",
     "salience",
+    "salience_stride",
 )
 _JOB_KEYS = ("rois", "behavior", "out")
 
@@ -878,6 +879,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--salience",
         choices=["integrated-gradients", "saliency", "grad-x-input", "none"],
         help=f"attribution per ROI and frame on the test block {_fit_default('salience')}",
+    )
+    g.add_argument(
+        "--salience-stride",
+        type=int,
+        metavar="N",
+        help="attribute every N-th window of the test block, every frame still covered "
+        "(default: seq_len // 4; 1: every window)",
     )
     g.add_argument(
         "--ablation",

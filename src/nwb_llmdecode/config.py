@@ -328,6 +328,13 @@ class FitConfig:
     salience
         Attribution method used by the salience step: ``"integrated-gradients"``,
         ``"saliency"``, ``"grad-x-input"`` or ``"none"``.
+    salience_stride
+        Attribute every ``salience_stride``-th window of the block (the last window still
+        ends at the block's end, so every frame is covered, by about ``seq_len /
+        salience_stride`` windows instead of ``seq_len``). ``None`` (default):
+        ``max(1, seq_len // 4)``, 5 at the default window: about 4x less work with the
+        same ranking of the planted drivers (``benchmarks/RESULTS.md``, salience); 1:
+        every window.
     precision
         ``"auto"`` (default: the backbone runs under bfloat16 autocast on CUDA and on CPUs
         with native bf16 dot products, AVX512-BF16/AMX; float32 elsewhere), ``"fp32"`` or
@@ -379,6 +386,7 @@ class FitConfig:
     trust_remote_code: bool = False
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     salience: str = "integrated-gradients"
+    salience_stride: int | None = None
     precision: str = "auto"
     compile: bool = False
     lora: LoRAOptions = field(default_factory=LoRAOptions)
@@ -415,6 +423,8 @@ class FitConfig:
             self._bad("seed", "an integer")
         if self.max_windows_per_epoch is not None:
             self._check_int("max_windows_per_epoch", 1)
+        if self.salience_stride is not None:
+            self._check_int("salience_stride", 1)
         if self.ridge.lags is not None and self.ridge.lags > self.seq_len:
             raise ConfigError(
                 f"ridge.lags={self.ridge.lags!r} is not valid: expected at most seq_len "

@@ -376,6 +376,7 @@ class Decoder:
         *,
         method: str | None = None,
         block: str | tuple[int, int] | None = None,
+        stride: int | None = None,
         progress: Progress | None = None,
     ) -> xr.Dataset:
         """Per-ROI salience of the decoded behaviour (captum attributions).
@@ -390,6 +391,9 @@ class Decoder:
         block
             Frames to attribute: a split name of the fitted session (default
             ``"test"``), ``(start, stop)``, or the whole of another session.
+        stride
+            Attribute every ``stride``-th window (every frame stays covered); default
+            ``config.salience_stride`` (``None`` there: ``max(1, seq_len // 4)``).
 
         Returns
         -------
@@ -415,6 +419,8 @@ class Decoder:
             method = self.config.salience if self.config.salience != "none" else None
             method = method or "integrated-gradients"
         start, stop = self._block(ds, block)
+        if stride is None:
+            stride = fitted.config.salience_stride or max(1, fitted.config.seq_len // 4)
         z = fitted.normalization.activity(_activity(ds))
         sal = compute_salience(
             fitted.model,
@@ -425,6 +431,7 @@ class Decoder:
             batch_size=fitted.config.batch_size,
             device=self.device_,
             progress=progress,
+            stride=stride,
         )
         rank = np.empty(sal.sizes["roi"], dtype=np.int64)
         rank[salience_order(sal["salience"].values)] = np.arange(1, sal.sizes["roi"] + 1)
