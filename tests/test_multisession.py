@@ -99,6 +99,30 @@ def test_synth_sessions_cli(tmp_path, capsys):
     assert len(subjects) == 3 and len(counts) == 3
 
 
+def test_fit_sessions_warms_the_learning_rate_up(animals, tiny_gpt2):
+    """``FitConfig.lr_warmup`` holds for the multi-session trainer too: with a warm-up of a
+    billion epochs the first epoch's steps are ~1e-9 of the learning rate and the weights
+    stay at their initial values; without warm-up they move."""
+    from nwb_llmdecode.models.multi import build_multi_model
+
+    sessions = [_arrays(t.path) for t in animals[:2]]
+    cfg = _cfg(tiny_gpt2, epochs=1)
+    torch.manual_seed(cfg.seed)  # as fit_sessions does before building its model
+    init = build_multi_model(
+        cfg,
+        n_rois={s.key: s.activity.shape[1] for s in sessions},
+        heads={h[0]: h[1] for s in sessions for h in s.heads()},
+        session_heads={s.key: [h[0] for h in s.heads()] for s in sessions},
+        device=torch.device("cpu"),
+    ).state_dict()
+    frozen = fit_sessions(sessions, config=cfg.replace(lr_warmup=1e9)).model.state_dict()
+    moved = fit_sessions(sessions, config=cfg.replace(lr_warmup=0.0)).model.state_dict()
+    assert init.keys() == frozen.keys()
+    for name, p in frozen.items():
+        assert torch.allclose(init[name], p, atol=1e-6), name
+    assert any(not torch.allclose(init[n], p, atol=1e-4) for n, p in moved.items())
+
+
 def test_fit_sessions_decodes_and_adapt_changes_only_embedding(animals, tiny_gpt2):
     sessions = [_arrays(t.path) for t in animals[:3]]
     res = fit_sessions(sessions, config=_cfg(tiny_gpt2))

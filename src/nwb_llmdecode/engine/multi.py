@@ -33,7 +33,14 @@ from ..models.multi import MultiSessionDecoder, build_multi_model, make_embeddin
 from ..windows import iter_batches, split_blocks, window_starts
 from .evaluate import compute_metrics, predict_blocks, regression_metrics
 from .result import FitResult, Normalization, check_arrays, resolve_device
-from .train import _improves, _masked_mse, _param_groups, _snapshot, progress_log
+from .train import (
+    _improves,
+    _masked_mse,
+    _param_groups,
+    _snapshot,
+    _warmup_scheduler,
+    progress_log,
+)
 
 __all__ = [
     "MultiFitResult",
@@ -213,6 +220,11 @@ def _train(
     groups = [g for g in groups if g["params"]]
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    # the single-session fit's warm-up (FitConfig.lr_warmup), over the batches of all sessions
+    per_session = [min(len(p.starts), config.max_windows_per_epoch or len(p.starts)) for p in preps]
+    sched = _warmup_scheduler(
+        opt, config, sum(math.ceil(n / config.batch_size) for n in per_session)
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     history: list[dict[str, Any]] = []
     best, best_epoch, best_state = float("inf"), 0, None
@@ -241,6 +253,8 @@ def _train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(batch)
             count += len(batch)
         train_loss = total / max(count, 1)

@@ -181,12 +181,7 @@ def _train_torch(
     per_epoch = math.ceil(int(has_target.sum()) / stride)
     if config.max_windows_per_epoch is not None:
         per_epoch = min(per_epoch, config.max_windows_per_epoch)
-    warm_steps = round(config.lr_warmup * math.ceil(max(per_epoch, 1) / config.batch_size))
-    sched = (
-        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm_steps))
-        if warm_steps > 1
-        else None
-    )
+    sched = _warmup_scheduler(opt, config, math.ceil(max(per_epoch, 1) / config.batch_size))
     history: list[dict[str, Any]] = []
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     best_loss, best_epoch, best_state = float("inf"), 0, None
@@ -334,6 +329,18 @@ def _fit_base(
 
 #: Blend weights of the transformer tried on the validation block (ridge gets 1 - w).
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def _warmup_scheduler(
+    opt: torch.optim.Optimizer, config: FitConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """Linear learning-rate warm-up over the first ``config.lr_warmup`` epochs' optimiser
+    steps, then constant; ``None`` when that is at most one step (step it after each
+    ``opt.step()``)."""
+    warm_steps = round(config.lr_warmup * steps_per_epoch)
+    if warm_steps <= 1:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm_steps))
 
 
 def _blend(
