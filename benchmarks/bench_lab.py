@@ -169,6 +169,7 @@ def run_models(
                 seq_len=cfg.seq_len,
                 method=cfg.salience,
                 n_steps=steps,
+                stride=cfg.salience_window_stride,
             )
             row["salience_s"] = round(time.perf_counter() - t1, 1)
             row["precision_at_k"] = precision_at_k(sal["salience"].values, drivers)

@@ -116,6 +116,7 @@ def test_explain_attributes_every_fourth_window_by_default(fitted):
     strided = dec.explain(method="grad-x-input")
     full = dec.explain(method="grad-x-input", stride=1)
     assert strided.attrs["stride"] == max(1, dec.config.seq_len // 4) > 1
+    assert dec.config.salience_window_stride == strided.attrs["stride"]
     assert "stride" not in full.attrs
     frames = [np.isfinite(s["salience_timecourse"].values).all(axis=1) for s in (strided, full)]
     np.testing.assert_array_equal(frames[0], frames[1])  # the same frames: the whole block

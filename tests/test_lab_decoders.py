@@ -86,6 +86,7 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[float, flo
             block=(test.start, test.stop),
             seq_len=default.config.seq_len,
             method=default.config.salience,
+            stride=default.config.salience_window_stride,  # as the default fit attributes
         )
         p = precision_at_k(sal["salience"].values, case.truth.driver_rois)
         val = (_r2(default, "validation"), _r2(ridge, "validation"))

@@ -542,6 +542,12 @@ class FitConfig:
             raise ConfigError(f"configuration is not valid JSON: {e}") from None
         return cls.from_dict(data)
 
+    @property
+    def salience_window_stride(self) -> int:
+        """The window stride salience uses: ``salience_stride``, or ``max(1, seq_len // 4)``
+        when that is ``None``."""
+        return self.salience_stride or max(1, self.seq_len // 4)
+
     def replace(self, **changes: Any) -> FitConfig:
         """A copy with some options changed (validated again)."""
         known = {f.name for f in dataclasses.fields(self)}

@@ -420,7 +420,7 @@ class Decoder:
             method = method or "integrated-gradients"
         start, stop = self._block(ds, block)
         if stride is None:
-            stride = fitted.config.salience_stride or max(1, fitted.config.seq_len // 4)
+            stride = fitted.config.salience_window_stride
         z = fitted.normalization.activity(_activity(ds))
         sal = compute_salience(
             fitted.model,
