@@ -78,13 +78,23 @@ class SyntheticTruth:
         return json.dumps(d)
 
 
+def _leaky(x: np.ndarray, a: float) -> np.ndarray:
+    """``y[t] = x[t] + a * y[t - 1]`` along the first axis (scipy's
+    ``lfilter([1], [1, -a], x, axis=0)``), in float64.
+
+    A loop over frames, each step vectorised over ROIs: as fast as scipy's filter at these
+    shapes, without the seconds that importing ``scipy.signal`` adds to every ``synth``."""
+    out = np.array(x, dtype=np.float64, copy=True)
+    for t in range(1, out.shape[0]):
+        out[t] += a * out[t - 1]
+    return out
+
+
 def _ar1(rng: np.random.Generator, n: int, k: int, tau: float) -> np.ndarray:
     """k independent AR(1) processes of unit variance and time constant ``tau`` samples."""
     a = float(np.exp(-1.0 / tau))
     noise = rng.standard_normal((n, k)) * np.sqrt(1 - a * a)
-    from scipy.signal import lfilter
-
-    out = lfilter([1.0], [1.0, -a], noise, axis=0)
+    out = _leaky(noise, a)
     return out / out.std(axis=0, keepdims=True).clip(1e-6)
 
 
@@ -270,9 +280,7 @@ def make_session(
     rate = 0.15 * np.log1p(np.exp(1.5 * drive - 1.0))  # spikes per frame, softplus
     spikes = rng.poisson(rate).astype(np.float64)
     decay = float(np.exp(-dt / 1.2))  # GCaMP6s-like decay, tau ~ 1.2 s
-    from scipy.signal import lfilter
-
-    calcium = lfilter([1.0], [1.0, -decay], spikes, axis=0)
+    calcium = _leaky(spikes, decay)
     signal = calcium + 0.6 * drive.clip(0, None)  # sub-threshold modulation seen in ΔF/F
     dff = (0.25 * signal + rng.normal(0.0, 0.08, size=signal.shape)).astype(np.float32)
     if recording:
@@ -283,7 +291,7 @@ def make_session(
         private = _ar1(rec_rng, frames, rois, tau=1.5 * frame_rate)
         drive = population * (latents @ loading) + 1.0 * private
         spikes = rec_rng.poisson(0.15 * np.log1p(np.exp(1.5 * drive - 1.0))).astype(np.float64)
-        signal = lfilter([1.0], [1.0, -decay], spikes, axis=0) + 0.6 * drive.clip(0, None)
+        signal = _leaky(spikes, decay) + 0.6 * drive.clip(0, None)
         dff = (0.25 * signal + rec_rng.normal(0.0, 0.08, size=signal.shape)).astype(np.float32)
 
     # --- planted drivers and behaviour -------------------------------------------------
@@ -305,7 +313,7 @@ def make_session(
         decoy_rng = np.random.default_rng([seed, 3])
         others = np.setdiff1d(np.arange(rois), drivers)
         decoy_rois = np.sort(decoy_rng.choice(others, size=decoys, replace=False))
-        slow = lfilter([1 - np.exp(-dt / 8.0)], [1.0, -np.exp(-dt / 8.0)], dff[:, drivers], axis=0)
+        slow = (1 - np.exp(-dt / 8.0)) * _leaky(dff[:, drivers], float(np.exp(-dt / 8.0)))
         slow = (slow - slow.mean(axis=0)) / slow.std(axis=0).clip(1e-6)
         which = decoy_rng.integers(0, n_drivers, size=decoys)
         scale = dff[:, decoy_rois].std(axis=0) * decoy_rng.uniform(0.8, 1.5, size=decoys)
