@@ -219,6 +219,46 @@ def test_lr_warmup_starts_the_learning_rate_near_zero(session):
     assert any(not torch.allclose(before[n], p, atol=1e-4) for n, p in after.items())
 
 
+def test_embedding_penalty_adds_ridge_and_group_lasso_terms():
+    from nwb_llmdecode.engine.train import _embedding_penalty
+    from nwb_llmdecode.models import build_model
+
+    cfg = FitConfig(backbone="lstm", lstm={"hidden": 8}, embedding_l2=0.0)
+    model = build_model(cfg, n_rois=5, n_channels=1)
+    assert _embedding_penalty(model, cfg) is None
+    w = torch.stack([w.detach() for w in model.embedding.roi_weights()])  # (lags, H, N)
+    hidden = w.shape[1]
+    sq = (w**2).sum(dim=(0, 1))  # per ROI, over lags and hidden units
+    got = _embedding_penalty(model, cfg.replace(embedding_l2=0.5, embedding_group_l1=0.2))
+    want = 0.5 * sq.sum() / hidden + 0.2 * sq.sqrt().sum() / hidden**0.5
+    assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
+    with pytest.raises(ConfigError, match="embedding_group_l1"):
+        FitConfig(embedding_group_l1=-1.0)
+
+
+def test_group_lasso_shrinks_the_rois_that_carry_nothing():
+    # 3 of 40 ROIs drive the target; the rest are independent noise
+    rng = np.random.default_rng(0)
+    activity = rng.standard_normal((600, 40)).astype(np.float32)
+    drivers = [3, 17, 30]
+    target = activity[:, drivers] @ np.array([1.0, -0.8, 0.6], np.float32)
+    behavior = (target + 0.3 * rng.standard_normal(600).astype(np.float32))[:, None]
+    cfg = FitConfig(
+        backbone="lstm", lstm={"hidden": 16}, seq_len=5, epochs=12, patience=12, lr=1e-2,
+        embedding_l2=0.0,
+    )  # fmt: skip
+
+    def share_of_drivers(config: FitConfig) -> float:
+        model = fit_arrays(activity, behavior, config=config).model
+        w = torch.stack([w.detach() for w in model.embedding.roi_weights()])
+        norms = (w**2).sum(dim=(0, 1)).sqrt()
+        return float(norms[drivers].sum() / norms.sum())
+
+    plain = share_of_drivers(cfg)
+    sparse = share_of_drivers(cfg.replace(embedding_group_l1=0.05))
+    assert sparse > max(1.5 * plain, 0.3), (plain, sparse)
+
+
 def test_nan_behaviour_frames_are_masked(session):
     activity, behavior = session
     b = behavior.copy()

@@ -276,6 +276,12 @@ class FitConfig:
         Penalty ``embedding_l2 * mean(W**2) * n_rois`` on the input projection added to
         the loss: a ridge-like prior that keeps the decoder from fitting noise in the many
         ROIs that carry no behaviour signal.
+    embedding_group_l1
+        Group-lasso penalty on the input projection, one group per ROI (all its weights,
+        every hidden unit and lag): ``embedding_group_l1 * sum_roi ||W_roi|| / sqrt(hidden)``
+        added to the loss. A prior that most ROIs carry nothing of this behaviour: unlike
+        ``embedding_l2`` it shrinks whole ROIs towards zero. 0 (off) by default
+        (``benchmarks/RESULTS.md``, issue 13).
     input_dropout
         Dropout on the normalised activity during training (whole ROI values).
     patience
@@ -371,6 +377,7 @@ class FitConfig:
     backbone_lr: float = 3e-4
     weight_decay: float = 0.0
     embedding_l2: float = 1e-2
+    embedding_group_l1: float = 0.0
     input_dropout: float = 0.0
     patience: int = 5
     min_epochs: int = 1
@@ -435,6 +442,7 @@ class FitConfig:
         for name in (
             "weight_decay",
             "embedding_l2",
+            "embedding_group_l1",
             "input_dropout",
             "min_improvement",
             "lr_warmup",

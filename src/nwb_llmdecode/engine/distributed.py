@@ -409,9 +409,10 @@ def _check_launch(dist: Distributed, config: FitConfig) -> None:
             "so the best epoch cannot be restored on every process); launch with "
             "accelerate launch --use_fsdp --fsdp_version 2"
         )
-    if config.embedding_l2 > 0:
-        raise ConfigError(
-            f"embedding_l2={config.embedding_l2} cannot be used under FSDP (the penalty "
-            "reads the sharded input embedding outside the forward pass); set "
-            "embedding_l2 = 0 in the --config file"
-        )
+    for name in ("embedding_l2", "embedding_group_l1"):
+        if getattr(config, name) > 0:
+            raise ConfigError(
+                f"{name}={getattr(config, name)} cannot be used under FSDP (the penalty "
+                "reads the sharded input embedding outside the forward pass); set "
+                f"{name} = 0 in the --config file"
+            )

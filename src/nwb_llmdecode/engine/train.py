@@ -76,13 +76,22 @@ def make_optimizer(groups: list[dict[str, Any]], *, weight_decay: float) -> torc
     return torch.optim.AdamW(groups, weight_decay=weight_decay, foreach=True)
 
 
-def _l2_penalty(model: torch.nn.Module, config: FitConfig) -> torch.Tensor | None:
-    if config.embedding_l2 <= 0:
+def _embedding_penalty(model: torch.nn.Module, config: FitConfig) -> torch.Tensor | None:
+    """The input projection's penalties: ``embedding_l2`` (ridge-like) and
+    ``embedding_group_l1`` (group lasso, one group per ROI); ``None`` when both are off."""
+    if config.embedding_l2 <= 0 and config.embedding_group_l1 <= 0:
         return None
     weights = model.embedding.roi_weights()  # each (hidden, n_rois)
-    # sum over ROIs and lags, mean over hidden units: independent of the backbone's width
-    total = sum((w.float() ** 2).sum() for w in weights)
-    return config.embedding_l2 * total / weights[0].shape[0]
+    hidden = weights[0].shape[0]
+    # sums over ROIs and lags, normalised by the hidden size: independent of the width
+    sq = sum((w.float() ** 2).sum(dim=0) for w in weights)  # (n_rois,)
+    total = torch.zeros((), device=sq.device)
+    if config.embedding_l2 > 0:
+        total = total + config.embedding_l2 * sq.sum() / hidden
+    if config.embedding_group_l1 > 0:
+        norms = torch.sqrt(sq + 1e-12)  # differentiable at a zeroed ROI
+        total = total + config.embedding_group_l1 * norms.sum() / math.sqrt(hidden)
+    return total
 
 
 def _snapshot(module: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
@@ -230,7 +239,7 @@ def _train_torch(
                 loss = _masked_mse(model(x), y)
             else:
                 loss = dist.loss(net(x), y, global_count=n_global, weight=weight)
-            penalty = _l2_penalty(model, config)
+            penalty = _embedding_penalty(model, config)
             total_loss = loss if penalty is None else loss + penalty
             opt.zero_grad(set_to_none=True)
             if dist is None:
