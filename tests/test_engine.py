@@ -225,11 +225,11 @@ def test_embedding_penalty_adds_ridge_and_group_lasso_terms():
 
     cfg = FitConfig(backbone="lstm", lstm={"hidden": 8}, embedding_l2=0.0)
     model = build_model(cfg, n_rois=5, n_channels=1)
-    assert _embedding_penalty(model, cfg) is None
+    assert _embedding_penalty(model.embedding, cfg) is None
     w = torch.stack([w.detach() for w in model.embedding.roi_weights()])  # (lags, H, N)
     hidden = w.shape[1]
     sq = (w**2).sum(dim=(0, 1))  # per ROI, over lags and hidden units
-    got = _embedding_penalty(model, cfg.replace(embedding_l2=0.5, embedding_group_l1=0.2))
+    got = _embedding_penalty(model.embedding, cfg.replace(embedding_l2=0.5, embedding_group_l1=0.2))
     want = 0.5 * sq.sum() / hidden + 0.2 * sq.sqrt().sum() / hidden**0.5
     assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
     with pytest.raises(ConfigError, match="embedding_group_l1"):

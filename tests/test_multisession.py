@@ -123,6 +123,27 @@ def test_fit_sessions_warms_the_learning_rate_up(animals, tiny_gpt2):
     assert any(not torch.allclose(init[n], p, atol=1e-4) for n, p in moved.items())
 
 
+def test_fit_sessions_applies_the_embedding_penalties(animals, tiny_gpt2):
+    """``embedding_group_l1`` (and ``embedding_l2``) reach the multi-session trainer: each
+    session's projection is penalised, and the group lasso concentrates it on the planted
+    drivers of that session."""
+    sessions = [_arrays(t.path) for t in animals[:2]]
+    cfg = _cfg(tiny_gpt2, embedding_l2=0.0)
+
+    def shares(config: FitConfig) -> list[float]:
+        model = fit_sessions(sessions, config=config).model
+        out = []
+        for s, truth in zip(sessions, animals, strict=False):
+            w = torch.stack([w.detach() for w in model.embeddings[s.key].roi_weights()])
+            norms = (w**2).sum(dim=(0, 1)).sqrt()
+            out.append(float(norms[truth.driver_rois].sum() / norms.sum()))
+        return out
+
+    plain, sparse = shares(cfg), shares(cfg.replace(embedding_group_l1=0.05))
+    for p, q in zip(plain, sparse, strict=True):
+        assert q > 1.4 * p, (plain, sparse)
+
+
 def test_fit_sessions_decodes_and_adapt_changes_only_embedding(animals, tiny_gpt2):
     sessions = [_arrays(t.path) for t in animals[:3]]
     res = fit_sessions(sessions, config=_cfg(tiny_gpt2))

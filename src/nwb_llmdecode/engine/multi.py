@@ -34,6 +34,7 @@ from ..windows import iter_batches, split_blocks, window_starts
 from .evaluate import compute_metrics, predict_blocks, regression_metrics
 from .result import FitResult, Normalization, check_arrays, resolve_device
 from .train import (
+    _embedding_penalty,
     _improves,
     _masked_mse,
     _param_groups,
@@ -249,8 +250,10 @@ def _train(
             if config.input_dropout > 0:
                 x = torch.nn.functional.dropout(x, p=config.input_dropout, training=True)
             loss = _masked_mse(model(x, p.data.key), y)
+            # the batch's own session's projection carries the embedding penalties
+            penalty = _embedding_penalty(model.embeddings[p.data.key], config)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if penalty is None else loss + penalty).backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if sched is not None:

@@ -76,12 +76,13 @@ def make_optimizer(groups: list[dict[str, Any]], *, weight_decay: float) -> torc
     return torch.optim.AdamW(groups, weight_decay=weight_decay, foreach=True)
 
 
-def _embedding_penalty(model: torch.nn.Module, config: FitConfig) -> torch.Tensor | None:
-    """The input projection's penalties: ``embedding_l2`` (ridge-like) and
-    ``embedding_group_l1`` (group lasso, one group per ROI); ``None`` when both are off."""
+def _embedding_penalty(embedding: torch.nn.Module, config: FitConfig) -> torch.Tensor | None:
+    """The penalties on an input projection (``model.embedding``, or one session's in a
+    multi-session decoder): ``embedding_l2`` (ridge-like) and ``embedding_group_l1`` (group
+    lasso, one group per ROI); ``None`` when both are off."""
     if config.embedding_l2 <= 0 and config.embedding_group_l1 <= 0:
         return None
-    weights = model.embedding.roi_weights()  # each (hidden, n_rois)
+    weights = embedding.roi_weights()  # each (hidden, n_rois)
     hidden = weights[0].shape[0]
     # sums over ROIs and lags, normalised by the hidden size: independent of the width
     sq = sum((w.float() ** 2).sum(dim=0) for w in weights)  # (n_rois,)
@@ -239,7 +240,7 @@ def _train_torch(
                 loss = _masked_mse(model(x), y)
             else:
                 loss = dist.loss(net(x), y, global_count=n_global, weight=weight)
-            penalty = _embedding_penalty(model, config)
+            penalty = _embedding_penalty(model.embedding, config)
             total_loss = loss if penalty is None else loss + penalty
             opt.zero_grad(set_to_none=True)
             if dist is None:
