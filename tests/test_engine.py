@@ -229,6 +229,7 @@ def test_embedding_penalty_adds_ridge_and_group_lasso_terms():
     w = torch.stack([w.detach() for w in model.embedding.roi_weights()])  # (lags, H, N)
     hidden = w.shape[1]
     sq = (w**2).sum(dim=(0, 1))  # per ROI, over lags and hidden units
+    torch.testing.assert_close(model.embedding.roi_sq_norms().detach(), sq)
     got = _embedding_penalty(model.embedding, cfg.replace(embedding_l2=0.5, embedding_group_l1=0.2))
     want = 0.5 * sq.sum() / hidden + 0.2 * sq.sqrt().sum() / hidden**0.5
     assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
@@ -250,8 +251,7 @@ def test_group_lasso_shrinks_the_rois_that_carry_nothing():
 
     def share_of_drivers(config: FitConfig) -> float:
         model = fit_arrays(activity, behavior, config=config).model
-        w = torch.stack([w.detach() for w in model.embedding.roi_weights()])
-        norms = (w**2).sum(dim=(0, 1)).sqrt()
+        norms = model.embedding.roi_sq_norms().detach().sqrt()
         return float(norms[drivers].sum() / norms.sum())
 
     plain = share_of_drivers(cfg)

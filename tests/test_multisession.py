@@ -124,9 +124,9 @@ def test_fit_sessions_warms_the_learning_rate_up(animals, tiny_gpt2):
 
 
 def test_fit_sessions_applies_the_embedding_penalties(animals, tiny_gpt2):
-    """``embedding_group_l1`` (and ``embedding_l2``) reach the multi-session trainer: each
-    session's projection is penalised, and the group lasso concentrates it on the planted
-    drivers of that session."""
+    """The embedding penalties reach the multi-session trainer: each session's projection
+    is penalised, and the group lasso (``embedding_group_l1``) concentrates it on the
+    planted drivers of that session."""
     sessions = [_arrays(t.path) for t in animals[:2]]
     cfg = _cfg(tiny_gpt2, embedding_l2=0.0)
 
@@ -134,8 +134,7 @@ def test_fit_sessions_applies_the_embedding_penalties(animals, tiny_gpt2):
         model = fit_sessions(sessions, config=config).model
         out = []
         for s, truth in zip(sessions, animals, strict=False):
-            w = torch.stack([w.detach() for w in model.embeddings[s.key].roi_weights()])
-            norms = (w**2).sum(dim=(0, 1)).sqrt()
+            norms = model.embeddings[s.key].roi_sq_norms().detach().sqrt()
             out.append(float(norms[truth.driver_rois].sum() / norms.sum()))
         return out
 

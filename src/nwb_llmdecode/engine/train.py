@@ -82,10 +82,9 @@ def _embedding_penalty(embedding: torch.nn.Module, config: FitConfig) -> torch.T
     lasso, one group per ROI); ``None`` when both are off."""
     if config.embedding_l2 <= 0 and config.embedding_group_l1 <= 0:
         return None
-    weights = embedding.roi_weights()  # each (hidden, n_rois)
-    hidden = weights[0].shape[0]
+    hidden = embedding.roi_weights()[0].shape[0]
     # sums over ROIs and lags, normalised by the hidden size: independent of the width
-    sq = sum((w.float() ** 2).sum(dim=0) for w in weights)  # (n_rois,)
+    sq = embedding.roi_sq_norms()  # (n_rois,)
     total = torch.zeros((), device=sq.device)
     if config.embedding_l2 > 0:
         total = total + config.embedding_l2 * sq.sum() / hidden

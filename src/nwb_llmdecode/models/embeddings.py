@@ -55,6 +55,11 @@ class LinearEmbedding(nn.Module):
         """The weight matrices applied to ROI activity (hidden x ROIs), one per lag."""
         return [self.proj.weight]
 
+    def roi_sq_norms(self) -> torch.Tensor:
+        """Squared L2 norm of each ROI's weights over every hidden unit and lag, shape
+        ``(n_rois,)``, in float32 and differentiable (the penalties of training use it)."""
+        return sum((w.float() ** 2).sum(dim=0) for w in self.roi_weights())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project every frame of every window."""
         return self.proj(x)
