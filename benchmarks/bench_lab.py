@@ -158,7 +158,7 @@ def run_models(
                 if "val_loss" in h
             ],
         }
-        if name == "default" and cfg.salience != "none":
+        if name == "default" and cfg.salience != "none" and cfg.backbone != "ridge":
             test = next(blk for blk in res.blocks if blk.name == "test")
             z = res.normalization.activity(a)
             t1 = time.perf_counter()

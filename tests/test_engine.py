@@ -223,7 +223,7 @@ def test_embedding_penalty_adds_ridge_and_group_lasso_terms():
     from nwb_llmdecode.engine.train import _embedding_penalty
     from nwb_llmdecode.models import build_model
 
-    cfg = FitConfig(backbone="lstm", lstm={"hidden": 8}, embedding_l2=0.0)
+    cfg = FitConfig(backbone="lstm", lstm={"hidden": 8}, embedding_l2=0.0, embedding_group_l1=0.0)
     model = build_model(cfg, n_rois=5, n_channels=1)
     assert _embedding_penalty(model.embedding, cfg) is None
     w = torch.stack([w.detach() for w in model.embedding.roi_weights()])  # (lags, H, N)
@@ -246,7 +246,7 @@ def test_group_lasso_shrinks_the_rois_that_carry_nothing():
     behavior = (target + 0.3 * rng.standard_normal(600).astype(np.float32))[:, None]
     cfg = FitConfig(
         backbone="lstm", lstm={"hidden": 16}, seq_len=5, epochs=12, patience=12, lr=1e-2,
-        embedding_l2=0.0,
+        embedding_l2=0.0, embedding_group_l1=0.0,
     )  # fmt: skip
 
     def share_of_drivers(config: FitConfig) -> float:

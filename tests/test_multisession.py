@@ -128,7 +128,7 @@ def test_fit_sessions_applies_the_embedding_penalties(animals, tiny_gpt2):
     is penalised, and the group lasso (``embedding_group_l1``) concentrates it on the
     planted drivers of that session."""
     sessions = [_arrays(t.path) for t in animals[:2]]
-    cfg = _cfg(tiny_gpt2, embedding_l2=0.0)
+    cfg = _cfg(tiny_gpt2, embedding_l2=0.0, embedding_group_l1=0.0)
 
     def shares(config: FitConfig) -> list[float]:
         model = fit_sessions(sessions, config=config).model
