@@ -31,7 +31,7 @@ from nwb_llmdecode.engine import FitResult, fit_arrays
 from nwb_llmdecode.salience import compute_salience, precision_at_k
 from nwb_llmdecode.synthetic import SyntheticTruth, make_session
 
-pytestmark = pytest.mark.slow  # about 6 minutes on two CPU cores; CI runs it
+pytestmark = pytest.mark.slow  # about 6 minutes of one CPU core; CI runs it
 
 N_DRIVERS = 4
 
@@ -68,7 +68,11 @@ def _r2(res: FitResult, split: str = "test") -> float:
     return float(np.nanmean(res.metric("r2", split)))
 
 
-CASES = {"interaction": ("heteroscedastic", 11), "bouts": ("correlated", 12)}
+# The bout readout's acceptance check is at a lab shape, 300 ROIs x 1,200 frames, in
+# tests/test_lab_group_lasso.py (default >= ridge + 0.08, precision@8 >= 0.8): stronger
+# than the 700 x 60 bout session that was here (0.506 vs ridge 0.483, RESULTS.md), which
+# was dropped to keep the default test run under 20 minutes.
+CASES = {"interaction": ("heteroscedastic", 11)}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +124,6 @@ def test_default_fit_matches_or_beats_lagged_ridge(fits: dict, readout: str) -> 
                 "ridge's weights rank 3 of the 4 drivers on top (p@k 0.75)",
             ),
         ),
-        "bouts",
     ],
 )
 def test_default_salience_finds_the_planted_drivers(fits: dict, readout: str) -> None:
