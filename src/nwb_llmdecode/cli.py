@@ -289,6 +289,17 @@ def _fit_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             options[k] = v
     if getattr(args, "split", None):
         options["split"] = _parse_split(args.split)
+    search = {
+        k: v
+        for k, v in (
+            ("trials", getattr(args, "search", None)),
+            ("timeout", getattr(args, "search_timeout", None)),
+        )
+        if v is not None
+    }
+    if search:  # merged into a [search] table of the config file, the command line winning
+        current = options.get("search")
+        options["search"] = {**(current if isinstance(current, dict) else {}), **search}
     return FitConfig.from_dict(options), job
 
 
@@ -873,6 +884,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="torch.compile the backbone (pays off only on long runs; default: off)",
+    )
+    g = p.add_argument_group("hyperparameter search (optuna; pip install 'nwb-llmdecode[search]')")
+    g.add_argument(
+        "--search",
+        type=int,
+        metavar="N",
+        help="choose lr, backbone_lr, embedding_group_l1 and embedding_kernel on the "
+        "validation block with N optuna trials, each about one fit; the first trial is the "
+        "configuration as given (default: 0, no search)",
+    )
+    g.add_argument(
+        "--search-timeout",
+        type=float,
+        metavar="S",
+        help="stop starting new trials after S seconds (default: no limit)",
     )
     g = p.add_argument_group("salience")
     g.add_argument(

@@ -27,6 +27,7 @@ from .errors import ConfigError
 __all__ = [
     "BACKBONE_ALIASES",
     "BASELINE_NAMES",
+    "DEFAULT_SEARCH_PARAMS",
     "DEVICES",
     "EMBEDDINGS",
     "INITS",
@@ -34,12 +35,14 @@ __all__ = [
     "QUANTIZE",
     "RESIDUALS",
     "SALIENCE_METHODS",
+    "SEARCH_SPACE",
     "TRAIN_MODES",
     "FitConfig",
     "LSTMOptions",
     "LoRAOptions",
     "ReservoirOptions",
     "RidgeOptions",
+    "SearchOptions",
 ]
 
 #: Packaged offline backbones, by alias.
@@ -158,12 +161,76 @@ class ReservoirOptions:
         _number("reservoir.", "input_scale", self.input_scale, positive=True)
 
 
+#: What :class:`SearchOptions` may choose, and how: ``("log", (low, high))`` sampled on a
+#: log scale, ``("float", (low, high))`` uniformly, ``("choice", values)`` among values.
+#: The ranges bracket the defaults (about 3x either way for the learning rates, 10x for
+#: the group lasso).
+SEARCH_SPACE: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "lr": ("log", (1e-3, 1e-2)),
+    "backbone_lr": ("log", (1e-4, 1e-3)),
+    "embedding_group_l1": ("log", (3e-3, 0.3)),
+    "embedding_kernel": ("choice", (1, 3, 5)),
+    "seq_len": ("choice", (10, 20)),
+    "embedding_l2": ("log", (1e-3, 1e-1)),
+    "input_dropout": ("float", (0.0, 0.3)),
+}
+#: The options a search chooses unless ``search.params`` says otherwise.
+DEFAULT_SEARCH_PARAMS: tuple[str, ...] = (
+    "lr",
+    "backbone_lr",
+    "embedding_group_l1",
+    "embedding_kernel",
+)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Hyperparameters chosen on the validation block by an optuna study (off by default).
+
+    ``trials`` fits (0: no search; the first trial is the configuration as given), at most
+    ``timeout`` seconds in all (``None``: no limit), over the options named in ``params``
+    (ranges: :data:`SEARCH_SPACE`); with ``prune`` a trial whose validation R² after an
+    epoch falls below the median of earlier trials at that epoch is stopped (optuna's
+    median pruner). The fit kept is the trial with the best validation R².
+
+    Examples
+    --------
+    >>> SearchOptions(trials=8).params
+    ('lr', 'backbone_lr', 'embedding_group_l1', 'embedding_kernel')
+    """
+
+    trials: int = 0
+    timeout: float | None = None
+    params: tuple[str, ...] = DEFAULT_SEARCH_PARAMS
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        _int_at_least("search.", "trials", self.trials, 0)
+        if self.timeout is not None:
+            _number("search.", "timeout", self.timeout, positive=True)
+        v = self.params
+        if isinstance(v, str | bytes) or not hasattr(v, "__iter__"):
+            _bad("search.", "params", v, "a list of option names: " + ", ".join(SEARCH_SPACE))
+        object.__setattr__(self, "params", tuple(v))
+        unknown = [p for p in self.params if p not in SEARCH_SPACE]
+        if unknown or not self.params or len(set(self.params)) != len(self.params):
+            _bad(
+                "search.",
+                "params",
+                list(self.params),
+                "distinct option names among " + ", ".join(SEARCH_SPACE),
+            )
+        if not isinstance(self.prune, bool):
+            _bad("search.", "prune", self.prune, "true or false")
+
+
 #: Model-family sections of :class:`FitConfig`: attribute -> options class.
 SECTIONS: dict[str, type] = {
     "lora": LoRAOptions,
     "ridge": RidgeOptions,
     "lstm": LSTMOptions,
     "reservoir": ReservoirOptions,
+    "search": SearchOptions,
 }
 #: Flat option names of earlier versions -> (section, option); still read everywhere.
 LEGACY_NAMES: dict[str, tuple[str, str]] = {
@@ -354,6 +421,11 @@ class FitConfig:
     compile
         ``torch.compile`` the backbone (opt-in: it pays only for long fits, as the
         compile time counts; see ``benchmarks/RESULTS.md``).
+    search
+        :class:`SearchOptions`: choose learning rates, penalty and embedding kernel on the
+        validation block with an optuna study of ``trials`` fits (off by default; each
+        trial costs about one fit). The chosen values are this configuration's in the
+        result, and every trial is recorded in ``fit_json``.
 
     Examples
     --------
@@ -404,6 +476,7 @@ class FitConfig:
     ridge: RidgeOptions = field(default_factory=RidgeOptions)
     lstm: LSTMOptions = field(default_factory=LSTMOptions)
     reservoir: ReservoirOptions = field(default_factory=ReservoirOptions)
+    search: SearchOptions = field(default_factory=SearchOptions)
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -463,6 +536,12 @@ class FitConfig:
         for name in ("gradient_checkpointing", "trust_remote_code", "compile"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(name, "true or false")
+        if self.search.trials and self.backbone in BASELINE_NAMES and self.backbone != "lstm":
+            raise ConfigError(
+                f"search.trials={self.search.trials} does nothing for the {self.backbone} "
+                "baseline (its penalty is already chosen on the validation block): drop "
+                "--search"
+            )
         if self.quantize is not None and self.backbone in BASELINE_NAMES:
             raise ConfigError(
                 f"quantize={self.quantize!r} applies to transformer backbones only; the "

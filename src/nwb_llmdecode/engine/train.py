@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,7 @@ def _train_torch(
     device: torch.device,
     progress: Progress | None,
     dist: Distributed | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> tuple[list[dict[str, Any]], int, bool]:
     train = next(b for b in blocks if b.name == "train")
     val = next(b for b in blocks if b.name == "validation")
@@ -292,6 +293,8 @@ def _train_torch(
             history[-1]["seconds"],
             format_eta(spent / epoch * left) + (" at most" if left and config.patience else ""),
         )
+        if on_epoch is not None:  # e.g. a hyperparameter search that may stop this trial
+            on_epoch(epoch, val_loss, val_r2)
         if (
             config.patience > 0
             and epoch >= config.min_epochs
@@ -448,6 +451,7 @@ def fit_arrays(
     *,
     config: FitConfig,
     progress: Progress | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> FitResult:
     """Train and evaluate a behaviour decoder on arrays.
 
@@ -463,6 +467,10 @@ def fit_arrays(
     progress
         ``progress(stage, done, total)``, called for ``"load backbone"``, each
         ``"epoch i/n"`` (batches), ``"validate"`` and ``"evaluate"`` (windows).
+    on_epoch
+        ``on_epoch(epoch, validation_loss, validation_r2)`` after each training epoch (of
+        the network alone, before any blend); an exception it raises ends the fit and
+        propagates (:mod:`nwb_llmdecode.engine.search` stops unpromising trials so).
 
     Returns
     -------
@@ -486,6 +494,10 @@ def fit_arrays(
     """
     if not isinstance(config, FitConfig):
         raise ConfigError(f"config must be a FitConfig, got {type(config).__name__}")
+    if config.search.trials:
+        from .search import search_fit  # each trial comes back here with trials=0
+
+        return search_fit(activity, behavior, config=config, progress=progress)
     t_start = time.perf_counter()
     if behavior is None:
         raise DataError("behavior is required to fit a decoder")
@@ -536,7 +548,7 @@ def fit_arrays(
                     model.base = None  # the transformer is trained alone, then blended
             zt = torch.from_numpy(z).to(device)
             history, best_epoch, stopped = _train_torch(
-                model, zt, yn, blocks, config, device, progress, dist
+                model, zt, yn, blocks, config, device, progress, dist, on_epoch
             )
             if base is not None and base_info is not None and config.residual == "blend":
                 model.base = base
