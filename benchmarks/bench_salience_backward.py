@@ -65,7 +65,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="training batches")
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    path = Path(tempfile.mkdtemp()) / "s.nwb"
+    tmp = tempfile.TemporaryDirectory()
+    path = Path(tmp.name) / "s.nwb"
     make_session(
         path,
         frames=args.frames,
@@ -116,6 +117,7 @@ def main() -> None:
                 )
     finally:
         S._input_grads = LOOP
+        tmp.cleanup()
 
 
 if __name__ == "__main__":
