@@ -46,6 +46,37 @@ from nwb_llmdecode.synthetic import make_session
 METHODS = [m for m in SALIENCE_METHODS if m != "none"]
 
 
+def trained_model(
+    path: Path, *, frames: int, rois: int, drivers: int, seed: int, steps: int | None = None
+) -> tuple:
+    """Write a bout-like session at ``path`` and fit the default decoder on it (to its early
+    stop, or for ``steps`` batches only: the timing setting). Returns the truth, the fit,
+    the normalised activity, the test block ``(start, stop)``, the config and fit seconds."""
+    truth = make_session(
+        path,
+        frames=frames,
+        rois=rois,
+        planes=1,
+        n_drivers=drivers,
+        seed=seed,
+        readout="bouts",
+        # pixel masks: dense image masks of thousands of ROIs would dominate the file
+        mask="pixel",
+        summary_images=False,
+    )
+    ds = load_session(path)
+    activity = ds.activity.values.astype(np.float32)
+    behavior = ds.behavior.values.astype(np.float32)
+    cfg = FitConfig(seed=seed, salience="none")
+    if steps is not None:
+        cfg = cfg.replace(epochs=1, max_windows_per_epoch=steps * cfg.batch_size)
+    t0 = time.perf_counter()
+    res = fit_arrays(activity, behavior, config=cfg)
+    fit_s = time.perf_counter() - t0
+    _, start, stop = res.splits[2]
+    return truth, res, res.normalization.activity(activity), (start, stop), cfg, fit_s
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=["recovery", "timing"], default="recovery")
@@ -76,29 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             path = Path(tmp) / f"session-{seed}.nwb"
-            truth = make_session(
+            truth, res, z, (start, stop), cfg, fit_s = trained_model(
                 path,
                 frames=args.frames,
                 rois=args.rois,
-                planes=1,
-                n_drivers=args.drivers,
+                drivers=args.drivers,
                 seed=seed,
-                readout="bouts",
-                # pixel masks: dense image masks of thousands of ROIs would dominate the file
-                mask="pixel",
-                summary_images=False,
+                steps=args.steps if args.mode == "timing" else None,
             )
-            ds = load_session(path)
-            activity = ds.activity.values.astype(np.float32)
-            behavior = ds.behavior.values.astype(np.float32)
-            cfg = FitConfig(seed=seed, salience="none")
-            if args.mode == "timing":
-                cfg = cfg.replace(epochs=1, max_windows_per_epoch=args.steps * cfg.batch_size)
-            t0 = time.perf_counter()
-            res = fit_arrays(activity, behavior, config=cfg)
-            fit_s = time.perf_counter() - t0
-            z = res.normalization.activity(activity)
-            _, start, stop = res.splits[2]
             first: dict[str, float] = {}
             for method in args.methods:
                 for _ in range(args.repeats):

@@ -28,12 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_salience import trained_model
 
 import nwb_llmdecode.salience as S
-from nwb_llmdecode import load_session
-from nwb_llmdecode.config import FitConfig
-from nwb_llmdecode.engine import fit_arrays
-from nwb_llmdecode.synthetic import make_session
 
 LOOP = S._input_grads
 
@@ -67,23 +64,9 @@ def main() -> None:
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
     path = Path(tmp.name) / "s.nwb"
-    make_session(
-        path,
-        frames=args.frames,
-        rois=args.rois,
-        planes=1,
-        n_drivers=5,
-        seed=1,
-        readout="bouts",
-        mask="pixel",
-        summary_images=False,
+    _, res, z, (start, stop), cfg, _ = trained_model(
+        path, frames=args.frames, rois=args.rois, drivers=5, seed=1, steps=args.steps
     )
-    ds = load_session(path)
-    a, b = ds.activity.values.astype(np.float32), ds.behavior.values.astype(np.float32)
-    cfg = FitConfig(seed=1, salience="none", epochs=1, max_windows_per_epoch=args.steps * 32)
-    res = fit_arrays(a, b, config=cfg)
-    z = res.normalization.activity(a)
-    _, start, stop = res.splits[2]
     ref = None
     try:
         for rnd in range(args.rounds):
@@ -96,7 +79,7 @@ def main() -> None:
                     block=(start, stop),
                     seq_len=cfg.seq_len,
                     method="integrated-gradients",
-                    batch_size=32,
+                    batch_size=cfg.batch_size,
                     stride=1,
                 )
                 seconds = time.perf_counter() - t0

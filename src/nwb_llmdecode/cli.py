@@ -297,9 +297,8 @@ def _fit_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         )
         if v is not None
     }
-    if search:  # merged into a [search] table of the config file, the command line winning
-        current = options.get("search")
-        options["search"] = {**(current if isinstance(current, dict) else {}), **search}
+    if search:  # merged into the file's [search] table (checked above), the command line winning
+        options["search"] = {**options.get("search", {}), **search}
     return FitConfig.from_dict(options), job
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import BASELINE_NAMES, SEARCH_SPACE, FitConfig, SearchOptions
+from ..config import SEARCH_SPACE, FitConfig, SearchOptions
 from ..errors import ConfigError, DataError, MissingDependencyError
 from ..progress import Progress
 from .distributed import is_launched
@@ -40,8 +40,6 @@ __all__ = ["search_fit"]
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("nwb_llmdecode.progress")
 
-#: Baselines without a training loop: nothing for a search to choose.
-_CLOSED_FORM = tuple(b for b in BASELINE_NAMES if b != "lstm")
 #: Pruning starts after this many completed trials and this many epochs of a trial.
 _PRUNE_STARTUP_TRIALS = 2
 _PRUNE_WARMUP_EPOCHS = 4
@@ -93,18 +91,14 @@ def search_fit(
     Raises
     ------
     ConfigError
-        A closed-form baseline (nothing to search), or a multi-process launch.
+        A multi-process launch (a search of a closed-form baseline is refused by
+        :class:`~nwb_llmdecode.config.FitConfig` itself).
     MissingDependencyError
         optuna is not installed.
     DataError
         Every trial failed (the last trial's error).
     """
-    opts = config.search
-    if config.backbone in _CLOSED_FORM:
-        raise ConfigError(
-            f"search.trials={opts.trials} does nothing for the {config.backbone} baseline "
-            "(its penalty is already chosen on the validation block): drop --search"
-        )
+    opts = config.search  # FitConfig refuses a search of the closed-form baselines
     if is_launched():
         raise ConfigError(
             "the hyperparameter search runs in one process; start fit without accelerate "
