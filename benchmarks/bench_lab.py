@@ -40,6 +40,7 @@ import numpy as np
 from nwb_llmdecode.config import FitConfig
 from nwb_llmdecode.engine import fit_arrays
 from nwb_llmdecode.io.read import load_session
+from nwb_llmdecode.models.ensemble import SeedEnsemble
 from nwb_llmdecode.salience import compute_salience, precision_at_k
 from nwb_llmdecode.synthetic import make_session
 
@@ -126,6 +127,27 @@ def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _p_at_k(
+    model: Any,
+    z: np.ndarray,
+    block: tuple[int, int],
+    cfg: FitConfig,
+    steps: int,
+    drivers: np.ndarray,
+) -> float:
+    """precision@k of ``model``'s default salience on the test block."""
+    sal = compute_salience(
+        model,
+        z,
+        block=block,
+        seq_len=cfg.seq_len,
+        method=cfg.salience,
+        n_steps=steps,
+        stride=cfg.salience_window_stride,
+    )
+    return precision_at_k(sal["salience"].values, drivers)
+
+
 def run_models(
     a: np.ndarray,
     b: np.ndarray,
@@ -161,19 +183,16 @@ def run_models(
         if name == "default" and cfg.salience != "none" and cfg.backbone != "ridge":
             test = next(blk for blk in res.blocks if blk.name == "test")
             z = res.normalization.activity(a)
+            block = (test.start, test.stop)
             t1 = time.perf_counter()
-            sal = compute_salience(
-                res.model,
-                z,
-                block=(test.start, test.stop),
-                seq_len=cfg.seq_len,
-                method=cfg.salience,
-                n_steps=steps,
-                stride=cfg.salience_window_stride,
-            )
+            row["precision_at_k"] = _p_at_k(res.model, z, block, cfg, steps, drivers)
             row["salience_s"] = round(time.perf_counter() - t1, 1)
-            row["precision_at_k"] = precision_at_k(sal["salience"].values, drivers)
             row["k"] = len(drivers)
+            if isinstance(res.model, SeedEnsemble):  # and its first member, the plain fit
+                members = row["fit"]["ensemble"]["members"]
+                row["member_test_r2"] = [round(m["test_r2"], 4) for m in members]
+                member0 = res.model.members[0]
+                row["member0_precision_at_k"] = _p_at_k(member0, z, block, cfg, steps, drivers)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -189,6 +189,7 @@ _FIT_KEYS = (
     "batch_size",
     "lr",
     "seed",
+    "ensemble",
     "device",
     "quantize",
     "gradient_checkpointing",
@@ -347,11 +348,30 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         file=stream,
     )
     _print_metrics(report.metrics, stream)
+    if report.results is not None:
+        _print_ensemble(report.results.run, stream)
     if report.results is not None and report.results.salience is not None:
         _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
     return 0
+
+
+def _print_ensemble(run: dict[str, Any], stream: Any) -> None:
+    """With --ensemble: each seed's test R² next to the averaged decoder's table."""
+    try:
+        record = json.loads(run.get("fit_json") or "{}").get("ensemble")
+    except (TypeError, ValueError, AttributeError):
+        return
+    if not record:
+        return
+    per_seed = ", ".join(f"seed {m['seed']}: {m['test_r2']:.3f}" for m in record["members"])
+    print(
+        f"\nseed ensemble of {len(record['members'])} (the table above is their average): "
+        f"test R² {per_seed}; mean {record['member_test_r2_mean']:.3f} "
+        f"+- {record['member_test_r2_sd']:.3f}",
+        file=stream,
+    )
 
 
 def _print_multi(report: Any, stream: Any) -> None:
@@ -854,6 +874,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"epoch) {_fit_default('train_stride')}",
     )
     g.add_argument("--seed", type=int, help=f"random seed {_fit_default('seed')}")
+    g.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="fit N decoders with seeds seed..seed+N-1 and keep their average (predictions, "
+        "salience, checkpoint); each seed's R² is reported; costs N fits (default: 1)",
+    )
     g.add_argument(
         "--split", help=f"train,validation,test fractions in time order {_fit_default('split')}"
     )

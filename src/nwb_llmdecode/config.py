@@ -381,6 +381,13 @@ class FitConfig:
         Windows per batch when predicting (no gradients).
     seed
         Seed of weight initialisation, data order and dropout.
+    ensemble
+        Number of decoders fitted with seeds ``seed, seed + 1, ...`` on the same split
+        (1: one decoder). The result is their average: predictions, metrics, salience
+        and the checkpoint are those of the averaged decoder, and each member's
+        validation and test R² is recorded (``fit_json``) so the spread across seeds is
+        reported. Costs ``ensemble`` fits; ``benchmarks/RESULTS.md`` (seed ensembles)
+        has what it buys.
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     quantize
@@ -463,6 +470,7 @@ class FitConfig:
     max_windows_per_epoch: int | None = None
     eval_batch_size: int = 128
     seed: int = 0
+    ensemble: int = 1
     device: str = "auto"
     quantize: str | None = None
     gradient_checkpointing: bool = False
@@ -505,6 +513,18 @@ class FitConfig:
         self._check_int("patience", 0)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             self._bad("seed", "an integer")
+        self._check_int("ensemble", 1)
+        if self.ensemble > 1 and self.backbone in BASELINE_NAMES and self.backbone != "lstm":
+            raise ConfigError(
+                f"ensemble={self.ensemble} applies to trained decoders; the {self.backbone} "
+                "baseline is fitted in closed form: drop --ensemble"
+            )
+        if self.ensemble > 1 and self.search.trials:
+            raise ConfigError(
+                f"ensemble={self.ensemble} cannot be combined with search.trials="
+                f"{self.search.trials} (every trial would be an ensemble): search first, then "
+                "fit the chosen configuration with --ensemble"
+            )
         if self.max_windows_per_epoch is not None:
             self._check_int("max_windows_per_epoch", 1)
         if self.salience_stride is not None:

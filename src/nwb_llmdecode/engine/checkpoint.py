@@ -40,6 +40,7 @@ from ..errors import BackboneError, DataError, LLMDecodeError, OutputExistsError
 from ..models.backbones import backbone_identity, identity_mismatch
 from ..models.baselines import ClosedFormDecoder
 from ..models.decoder import Decoder, Model, build_model
+from ..models.ensemble import SeedEnsemble
 from ..progress import Progress
 from ..windows import Block
 from .evaluate import predict_blocks
@@ -99,6 +100,12 @@ class Checkpoint:
 
 
 def _model_state(model: Model) -> dict[str, torch.Tensor]:
+    if isinstance(model, SeedEnsemble):  # each member as it checkpoints alone
+        return {
+            f"members.{i}.{k}": v
+            for i, m in enumerate(model.members)
+            for k, v in _model_state(m).items()
+        }
     if isinstance(model, Decoder):
         return model.checkpoint_state_dict()
     if isinstance(model, ClosedFormDecoder):
@@ -155,12 +162,17 @@ def save_checkpoint(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
     }
-    if isinstance(model, Decoder):
+    first = model
+    if isinstance(model, SeedEnsemble):
+        meta["ensemble_members"] = len(model)
+        meta["member_kind"] = type(model.members[0]).__name__
+        first = model.members[0]
+    if isinstance(first, Decoder):
         meta.update(
-            model_type=model.model_type,
-            causal=bool(model.causal),
-            train_mode=model.train_mode,
-            whole_backbone_saved=model.saves_whole_backbone,
+            model_type=first.model_type,
+            causal=bool(first.causal),
+            train_mode=first.train_mode,
+            whole_backbone_saved=first.saves_whole_backbone,
             backbone_identity=backbone_identity(result.config.backbone),
         )
     _atomic_write(d / "weights.pt", lambda p: torch.save(state, p))
@@ -180,7 +192,7 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 
 def _check_backbone(d: Path, meta: dict[str, Any], config: FitConfig) -> None:
     """Refuse a checkpoint whose backbone files are not the ones it was trained on."""
-    if config.is_baseline or meta.get("kind") not in (None, "Decoder"):
+    if config.is_baseline or meta.get("kind") not in (None, "Decoder", "SeedEnsemble"):
         return
     recorded = meta.get("backbone_identity")
     if not isinstance(recorded, dict):
@@ -282,14 +294,18 @@ def load_checkpoint(
     ):
         # written before the ridge-residual decoder existed: a decoder without a base
         config = config.replace(residual="none")
+    n_members = config.ensemble if meta.get("kind") == "SeedEnsemble" else 1
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        model = build_model(
-            config.replace(device=str(dev)) if config.quantize is None else config,
-            n_rois=n_rois,
-            n_channels=n_channels,
-            device=dev,
-        )
+        built = [
+            build_model(
+                config.replace(device=str(dev)) if config.quantize is None else config,
+                n_rois=n_rois,
+                n_channels=n_channels,
+                device=dev,
+            )
+            for _ in range(n_members)
+        ]
     shapes = (norm.activity_mean.shape, norm.activity_std.shape)
     shapes_b = (norm.behavior_mean.shape, norm.behavior_std.shape)
     if shapes != ((n_rois,),) * 2 or shapes_b != ((n_channels,),) * 2:
@@ -299,7 +315,21 @@ def load_checkpoint(
             "belong together: save the checkpoint again with fit"
         )
     try:
-        _load_weights(model, model_state, meta, d)
+        if meta.get("kind") == "SeedEnsemble":
+            if meta.get("ensemble_members") != n_members:
+                raise DataError(
+                    f"{d}: checkpoint.json says {meta.get('ensemble_members')!r} ensemble "
+                    f"members, config.json ensemble={n_members}; the files do not belong "
+                    "together: save the checkpoint again with fit"
+                )
+            for i, member in enumerate(built):
+                prefix = f"members.{i}."
+                part = {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
+                _load_weights(member, part, meta, d)
+            model: Model = SeedEnsemble(built)  # type: ignore[arg-type]
+        else:
+            (model,) = built
+            _load_weights(model, model_state, meta, d)
     except LLMDecodeError:
         raise
     except (RuntimeError, KeyError, ValueError, TypeError) as e:  # torch: many lines

@@ -498,6 +498,10 @@ def fit_arrays(
         from .search import search_fit  # each trial comes back here with trials=0
 
         return search_fit(activity, behavior, config=config, progress=progress)
+    if config.ensemble > 1:
+        from .ensemble import fit_ensemble  # each member comes back here with ensemble=1
+
+        return fit_ensemble(activity, behavior, config=config, progress=progress, on_epoch=on_epoch)
     t_start = time.perf_counter()
     if behavior is None:
         raise DataError("behavior is required to fit a decoder")
