@@ -118,3 +118,10 @@ def test_ensemble_errors_are_one_clear_line(session, tmp_path):
     assert proc.returncode == 2 and "drop --ensemble" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and not out.exists()
+    # a fit across sessions trains one shared decoder: no ensemble of it
+    other = tmp_path / "other.nwb"
+    make_session(other, frames=360, rois=10, planes=1, n_drivers=3, seed=6, readout="bouts")
+    cmd = [*CLI, "fit", str(path), str(other), "--ensemble", "2", "--out", str(tmp_path / "m")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "fit each session on its own" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -360,10 +360,20 @@ def fit_sessions(sessions: Sequence[SessionArrays], *, config: FitConfig) -> Mul
     DataError
         Different imaging rates, or one behaviour name with different units / channels.
     ConfigError
-        A closed-form or LSTM backbone, duplicate session keys.
+        A closed-form or LSTM backbone, duplicate session keys, a seed ensemble or a
+        hyperparameter search (single-session options).
     """
     if not isinstance(config, FitConfig):
         raise ConfigError(f"config must be a FitConfig, got {type(config).__name__}")
+    for option, value, flag in (
+        ("ensemble", config.ensemble > 1, "--ensemble"),
+        ("search.trials", config.search.trials > 0, "--search"),
+    ):
+        if value:
+            raise ConfigError(
+                f"{option} applies to a fit of one session; a fit across sessions trains one "
+                f"shared decoder: drop {flag}, or fit each session on its own"
+            )
     t_start = time.perf_counter()
     heads = _check_sessions(sessions)
     device = resolve_device(config.device)
