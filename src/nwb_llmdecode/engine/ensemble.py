@@ -32,6 +32,7 @@ from .result import FitResult, check_arrays
 __all__ = ["fit_ensemble"]
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("nwb_llmdecode.progress")  # the lines of batch jobs
 
 
 def _member_progress(progress: Progress | None, i: int, n: int) -> Progress | None:
@@ -79,7 +80,7 @@ def fit_ensemble(
     members: list[FitResult] = []
     for i in range(n):
         cfg = config.replace(ensemble=1, seed=config.seed + i)
-        log.info("ensemble: fitting seed %d (%d of %d)", cfg.seed, i + 1, n)
+        progress_log.info("seed ensemble: member %d/%d, seed %d", i + 1, n, cfg.seed)
         members.append(
             fit_arrays(
                 activity,
