@@ -127,15 +127,10 @@ def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _p_at_k(
-    model: Any,
-    z: np.ndarray,
-    block: tuple[int, int],
-    cfg: FitConfig,
-    steps: int,
-    drivers: np.ndarray,
-) -> float:
-    """precision@k of ``model``'s default salience on the test block."""
+def _salience(
+    model: Any, z: np.ndarray, block: tuple[int, int], cfg: FitConfig, steps: int
+) -> np.ndarray:
+    """Per-ROI salience of ``model``'s default method on the test block."""
     sal = compute_salience(
         model,
         z,
@@ -145,7 +140,7 @@ def _p_at_k(
         n_steps=steps,
         stride=cfg.salience_window_stride,
     )
-    return precision_at_k(sal["salience"].values, drivers)
+    return np.asarray(sal["salience"].values)
 
 
 def run_models(
@@ -185,14 +180,22 @@ def run_models(
             z = res.normalization.activity(a)
             block = (test.start, test.stop)
             t1 = time.perf_counter()
-            row["precision_at_k"] = _p_at_k(res.model, z, block, cfg, steps, drivers)
+            row["precision_at_k"] = precision_at_k(
+                _salience(res.model, z, block, cfg, steps), drivers
+            )
             row["salience_s"] = round(time.perf_counter() - t1, 1)
             row["k"] = len(drivers)
-            if isinstance(res.model, SeedEnsemble):  # and its first member, the plain fit
+            if isinstance(res.model, SeedEnsemble):
                 members = row["fit"]["ensemble"]["members"]
                 row["member_test_r2"] = [round(m["test_r2"], 4) for m in members]
-                member0 = res.model.members[0]
-                row["member0_precision_at_k"] = _p_at_k(member0, z, block, cfg, steps, drivers)
+                # each member's own salience (the first is the plain fit) and their mean,
+                # against the salience of the averaged decoder above
+                each = [_salience(m, z, block, cfg, steps) for m in res.model.members]
+                row["member_precision_at_k"] = [precision_at_k(v, drivers) for v in each]
+                row["member0_precision_at_k"] = row["member_precision_at_k"][0]
+                row["mean_of_members_precision_at_k"] = precision_at_k(
+                    np.mean(each, axis=0), drivers
+                )
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
