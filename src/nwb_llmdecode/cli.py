@@ -369,7 +369,7 @@ def _print_ensemble(run: dict[str, Any], stream: Any) -> None:
     print(
         f"\nseed ensemble of {len(record['members'])} (the table above is their average): "
         f"test R² {per_seed}; mean {record['member_test_r2_mean']:.3f} "
-        f"+- {record['member_test_r2_sd']:.3f}",
+        f"± {record['member_test_r2_sd']:.3f}",
         file=stream,
     )
 
