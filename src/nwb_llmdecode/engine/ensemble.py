@@ -129,7 +129,7 @@ def fit_ensemble(
         extra={"fit": {"ensemble": record}},
     )
     log.info(
-        "ensemble of %d seeds: test R² %.3f (members %.3f +- %.3f)",
+        "ensemble of %d seeds: test R² %.3f (members %.3f ± %.3f)",
         n,
         _mean_r2(result, "test"),
         record["member_test_r2_mean"],
