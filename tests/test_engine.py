@@ -173,7 +173,7 @@ def test_blend_weight_is_chosen_on_validation_and_folded_into_the_model(session)
     from nwb_llmdecode.engine.train import BLEND_WEIGHTS
 
     activity, behavior = session
-    cfg = FitConfig(**{**QUICK, "epochs": 2, "precision": "fp32"})
+    cfg = FitConfig(**{**QUICK, "epochs": 2, "precision": "fp32", "blend_lstm": False})
     assert cfg.residual == "blend"  # the default
     res = fit_arrays(activity, behavior, config=cfg)
     chosen = res.extra["fit"]
@@ -190,6 +190,7 @@ def test_blend_weight_is_chosen_on_validation_and_folded_into_the_model(session)
     assert lags == ridge.model.lags
     # folded in: the base holds (1 - w) x ridge's weights, and the model is head + base
     model = res.model
+    assert model.lstm is None
     np.testing.assert_allclose(
         model.base.weights[:lags].numpy(), (1 - w) * ridge.model.weights, rtol=1e-5, atol=1e-7
     )
@@ -201,6 +202,42 @@ def test_blend_weight_is_chosen_on_validation_and_folded_into_the_model(session)
     # nothing of the base survives in training: a blend with w = 1 is the transformer alone
     alone = fit_arrays(activity, behavior, config=cfg.replace(residual="none"))
     assert alone.history[0]["train_loss"] == pytest.approx(res.history[0]["train_loss"], rel=1e-5)
+
+
+def test_three_way_blend_holds_the_lstm_baseline_and_leaves_the_transformer_alone(session):
+    from nwb_llmdecode.engine.train import BLEND3_WEIGHTS
+
+    activity, behavior = session
+    cfg = FitConfig(**{**QUICK, "epochs": 2, "precision": "fp32", "blend_lstm": True})
+    res = fit_arrays(activity, behavior, config=cfg)
+    chosen = res.extra["fit"]
+    wt, wl, wr = chosen["blend_weight"], chosen["blend_lstm_weight"], chosen["blend_ridge_weight"]
+    losses = chosen["blend_val_losses"]
+    assert list(losses) == [f"{a},{b},{c}" for a, b, c in BLEND3_WEIGHTS]
+    assert len(losses) == 66 and all(abs(a + b + c - 1) < 1e-9 for a, b, c in BLEND3_WEIGHTS)
+    assert chosen["blend_val_loss"] == min(losses.values()) == losses[f"{wt},{wl},{wr}"]
+    assert chosen["transformer_val_loss"] == losses["1.0,0.0,0.0"]
+    assert chosen["blend_lstm_val_loss"] == losses["0.0,1.0,0.0"]
+    assert losses["0.0,0.0,1.0"] == pytest.approx(chosen["residual_ridge_val_loss"], rel=1e-5)
+    # the LSTM part is the LSTM baseline with the same options, its output layer x wl
+    lstm = fit_arrays(activity, behavior, config=cfg.replace(backbone="lstm")).model
+    part = res.model.lstm.state_dict()
+    for name, t in lstm.state_dict().items():
+        want = t * wl if name.startswith("head.") else t
+        torch.testing.assert_close(part[name], want, rtol=1e-5, atol=1e-7, msg=name)
+    # and adding it changes nothing in the transformer's training
+    two_way = fit_arrays(activity, behavior, config=cfg.replace(blend_lstm=False))
+    assert [h["val_loss"] for h in two_way.history] == [h["val_loss"] for h in res.history]
+    assert two_way.extra["fit"]["transformer_val_loss"] == chosen["transformer_val_loss"]
+    # the three parts add up to the model's output
+    m = res.model
+    x = torch.randn(2, cfg.seq_len, activity.shape[1])
+    with torch.no_grad():
+        out = m(x)
+        lstm_out, base_out = m.lstm(x), m.base(x)
+        m.lstm, m.base = None, None
+        head_out = m(x)
+    torch.testing.assert_close(out, head_out + lstm_out + base_out, rtol=1e-5, atol=1e-6)
 
 
 def test_lr_warmup_starts_the_learning_rate_near_zero(session):

@@ -183,6 +183,7 @@ _FIT_KEYS = (
     "train_mode",
     "embedding",
     "residual",
+    "blend_lstm",
     "embedding_kernel",
     "seq_len",
     "epochs",
@@ -855,6 +856,13 @@ def build_parser() -> argparse.ArgumentParser:
         "chosen on validation; ridge: the transformer learns what ridge cannot, on top of a "
         "ridge fit; none: the transformer alone (the paper's decoder) "
         f"{_fit_default('residual')}",
+    )
+    g.add_argument(
+        "--blend-lstm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --residual blend: blend an LSTM decoder (same prior, a few seconds) too, "
+        f"the three weights chosen on validation {_fit_default('blend_lstm')}",
     )
     g.add_argument("--seq-len", type=int, help=f"window length in frames {_fit_default('seq_len')}")
     _trust_arg(g, "fit")

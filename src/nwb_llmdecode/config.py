@@ -324,6 +324,16 @@ class FitConfig:
         ``benchmarks/RESULTS.md``: the residual ties ridge at lab shapes but loses much of
         what the transformer alone gains on small sessions; the blend keeps both. Ignored
         by the baselines.
+    blend_lstm
+        With ``residual="blend"``: blend an LSTM decoder too (``lstm`` options, the same
+        prior and training settings, fitted on the same split after the transformer; a
+        few seconds on the CPU). The three weights (transformer, LSTM, ridge) are chosen
+        on the simplex grid of step 0.1 by validation loss, ties going to the larger ridge
+        share, then the larger LSTM share, and folded into the one model. Measured in
+        ``benchmarks/RESULTS.md`` ("A blend that can pick the LSTM"): never below the
+        two-way blend on the 18 sessions of the default's table, and far above it where
+        the LSTM is the better decoder. Off by default until the whole test suite has run
+        with it on (``--blend-lstm`` turns it on).
     embedding_kernel
         Frames seen by each token of the ``"temporal"`` embedding (the current one and
         ``embedding_kernel - 1`` before it).
@@ -452,6 +462,7 @@ class FitConfig:
     train_mode: str = "full"
     embedding: str = "temporal"
     residual: str = "blend"
+    blend_lstm: bool = False
     embedding_kernel: int = 3
     seq_len: int = 20
     epochs: int = 30
@@ -553,7 +564,7 @@ class FitConfig:
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
         if abs(sum(self.split) - 1.0) > 1e-6:
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
-        for name in ("gradient_checkpointing", "trust_remote_code", "compile"):
+        for name in ("blend_lstm", "gradient_checkpointing", "trust_remote_code", "compile"):
             if not isinstance(getattr(self, name), bool):
                 self._bad(name, "true or false")
         if self.search.trials and self.backbone in BASELINE_NAMES and self.backbone != "lstm":

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -294,6 +295,15 @@ def load_checkpoint(
     ):
         # written before the ridge-residual decoder existed: a decoder without a base
         config = config.replace(residual="none")
+    if (
+        meta.get("kind") in ("Decoder", "SeedEnsemble")
+        and not config.is_baseline
+        and config.residual == "blend"
+        and config.blend_lstm
+        and not any(re.match(r"(members\.\d+\.)?lstm\.", k) for k in model_state)
+    ):
+        # written before the blend could hold an LSTM: the two-way blend
+        config = config.replace(blend_lstm=False)
     n_members = config.ensemble if meta.get("kind") == "SeedEnsemble" else 1
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)

@@ -341,6 +341,13 @@ def _fit_base(
 
 #: Blend weights of the transformer tried on the validation block (ridge gets 1 - w).
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+#: (transformer, LSTM, ridge) weights tried when the blend holds an LSTM: the simplex grid
+#: of step 0.1 (66 weightings).
+BLEND3_WEIGHTS = tuple(
+    (round(0.1 * i, 1), round(0.1 * j, 1), round(1.0 - 0.1 * i - 0.1 * j, 1))
+    for i in range(11)
+    for j in range(11 - i)
+)
 
 
 def _warmup_scheduler(
@@ -355,6 +362,40 @@ def _warmup_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm_steps))
 
 
+def _fit_lstm_part(
+    model: Decoder,
+    zt: torch.Tensor,
+    yn: np.ndarray,
+    blocks: Sequence[Block],
+    config: FitConfig,
+    device: torch.device,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Train the blend's LSTM part (``model.lstm``) alone, as ``backbone="lstm"`` would:
+    the same prior, optimiser, stride, warm-up and early stopping, its own generator state.
+
+    Every process of a distributed fit trains it the same way on the whole training block
+    (it is small), so no collective is involved.
+    """
+    assert model.lstm is not None
+    lstm_config = config.replace(backbone="lstm", ensemble=1)
+
+    def stage(name: str, done: int, total: int) -> None:
+        assert progress is not None
+        progress(f"lstm {name}", done, total)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed + 1)
+        history, best_epoch, _ = _train_torch(
+            model.lstm, zt, yn, blocks, lstm_config, device, None if progress is None else stage
+        )
+    log.info("blend's LSTM part: best epoch %d of %d", best_epoch, len(history))
+    return {
+        "lstm_best_epoch": int(best_epoch),
+        "lstm_epochs_run": len(history),
+    }
+
+
 def _blend(
     model: Decoder,
     zt: torch.Tensor,
@@ -363,26 +404,35 @@ def _blend(
     config: FitConfig,
     predict: Any = predict_blocks,
 ) -> dict[str, Any]:
-    """Average the trained transformer with its ridge base, the weight chosen on validation.
+    """Average the trained transformer with its ridge base (and its LSTM part, when the
+    model has one), the weights chosen on validation.
 
-    ``model`` has its fitted ridge base attached and its head trained without it. The
-    decoder's output is linear in the two parts, so the predictions of ``w * head +
-    (1 - w) * base`` are computed from one pass of each; the best ``w`` on the validation
-    block (ties go to the larger ridge share) is then folded into the weights: the head's
-    weight and bias times ``w``, the base's times ``1 - w``. The model stays one
-    :class:`Decoder`, with the checkpoint layout of the ridge-residual decoder.
+    ``model`` has its fitted ridge base (and trained ``lstm``) attached and its head
+    trained without them. The decoder's output is linear in its parts, so the predictions
+    of ``w_t * head + w_l * lstm + w_r * base`` are computed from one pass of each; the
+    best weights on the validation block (:data:`BLEND_WEIGHTS`, or :data:`BLEND3_WEIGHTS`
+    with an LSTM; ties go to the larger ridge share, then the larger LSTM share) are then
+    folded into the weights: the head, the LSTM's output layer and the base are scaled by
+    their weights. The model stays one :class:`Decoder`.
     """
     assert model.base is not None
     val = next(b for b in blocks if b.name == "validation")
+    lstm = model.lstm
     base_state = {k: v.clone() for k, v in model.base.state_dict().items()}
     head_state = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+    lstm_state = (
+        {} if lstm is None else {k: v.detach().clone() for k, v in lstm.head.state_dict().items()}
+    )
 
-    def scale(head_w: float, base_w: float) -> None:
+    def scale(head_w: float, base_w: float, lstm_w: float = 0.0) -> None:
         with torch.no_grad():
             for k, p in model.head.named_parameters():
                 p.copy_(head_state[k] * head_w)
             model.base.weights.copy_(base_state["weights"] * base_w)
             model.base.bias.copy_(base_state["bias"] * base_w)
+            if lstm is not None:
+                for k, p in lstm.head.named_parameters():
+                    p.copy_(lstm_state[k] * lstm_w)
 
     def val_pred() -> np.ndarray:
         pred = predict(model, zt, [val], seq_len=config.seq_len, batch_size=config.eval_batch_size)
@@ -392,30 +442,55 @@ def _blend(
     p_head = val_pred()
     scale(0.0, 1.0)
     p_base = val_pred()
+    p_lstm = np.zeros_like(p_head)
+    if lstm is not None:
+        scale(0.0, 0.0, 1.0)
+        p_lstm = val_pred()
     y = yn[val.start : val.stop].astype(np.float64)
-    ok = np.isfinite(y) & np.isfinite(p_head) & np.isfinite(p_base)
+    ok = np.isfinite(y) & np.isfinite(p_head) & np.isfinite(p_base) & np.isfinite(p_lstm)
+    if lstm is None:
+        grid = tuple((w, 0.0, round(1.0 - w, 1)) for w in BLEND_WEIGHTS)
+    else:
+        grid = BLEND3_WEIGHTS
     losses = [
-        float(np.mean(((w * p_head + (1 - w) * p_base)[ok] - y[ok]) ** 2)) if ok.any() else 0.0
-        for w in BLEND_WEIGHTS
+        float(np.mean(((wt * p_head + wl * p_lstm + wr * p_base)[ok] - y[ok]) ** 2))
+        if ok.any()
+        else 0.0
+        for wt, wl, wr in grid
     ]
-    best = min(range(len(BLEND_WEIGHTS)), key=lambda i: (losses[i], BLEND_WEIGHTS[i]))
-    w = BLEND_WEIGHTS[best]
-    scale(w, 1.0 - w)
+    best = min(range(len(grid)), key=lambda i: (losses[i], -grid[i][2], -grid[i][1]))
+    wt, wl, wr = grid[best]
+    scale(wt, wr, wl)
+
+    def alone(weights: tuple[float, float, float]) -> float:
+        return losses[grid.index(weights)]
+
     log.info(
-        "blend: transformer weight %.1f, ridge %.1f (validation MSE %.4g; transformer alone "
-        "%.4g, ridge alone %.4g)",
-        w,
-        1.0 - w,
+        "blend: transformer weight %.1f, LSTM %.1f, ridge %.1f (validation MSE %.4g; "
+        "transformer alone %.4g, ridge alone %.4g%s)",
+        wt,
+        wl,
+        wr,
         losses[best],
-        losses[-1],
-        losses[0],
+        alone((1.0, 0.0, 0.0)),
+        alone((0.0, 0.0, 1.0)),
+        "" if lstm is None else f", LSTM alone {alone((0.0, 1.0, 0.0)):.4g}",
     )
-    return {
-        "blend_weight": w,
+    out: dict[str, Any] = {
+        "blend_weight": wt,
         "blend_val_loss": losses[best],
-        "transformer_val_loss": losses[-1],
-        "blend_val_losses": dict(zip([str(x) for x in BLEND_WEIGHTS], losses, strict=True)),
+        "transformer_val_loss": alone((1.0, 0.0, 0.0)),
     }
+    if lstm is None:
+        out["blend_val_losses"] = dict(zip([str(x) for x in BLEND_WEIGHTS], losses, strict=True))
+    else:
+        out["blend_lstm_weight"] = wl
+        out["blend_ridge_weight"] = wr
+        out["blend_lstm_val_loss"] = alone((0.0, 1.0, 0.0))
+        out["blend_val_losses"] = {
+            f"{a},{b},{c}": loss for (a, b, c), loss in zip(grid, losses, strict=True)
+        }
+    return out
 
 
 def _fit_choices(
@@ -432,8 +507,10 @@ def _fit_choices(
         out["residual_ridge_alpha"] = base["alpha"]
         out["residual_ridge_val_loss"] = base["val_loss"]
         if "blend_weight" in base:
-            out.update({k: v for k, v in base.items() if k.startswith(("blend_", "transf"))})
-            out["residual_kept_base_only"] = base["blend_weight"] == 0.0
+            keep = ("blend_", "transf", "lstm_")
+            out.update({k: v for k, v in base.items() if k.startswith(keep)})
+            ridge_w = base.get("blend_ridge_weight", round(1.0 - base["blend_weight"], 1))
+            out["residual_kept_base_only"] = ridge_w == 1.0
         else:
             # best epoch 0: no training epoch beat the ridge base on validation
             out["residual_kept_base_only"] = best_epoch == 0
@@ -546,16 +623,24 @@ def fit_arrays(
             zt: Any = z
         else:
             base = model.base if isinstance(model, Decoder) else None
+            lstm_part = model.lstm if isinstance(model, Decoder) else None
             if base is not None:
                 base_info = _fit_base(model, z, yn, blocks, config, progress)
                 if config.residual == "blend":
                     model.base = None  # the transformer is trained alone, then blended
+            if lstm_part is not None:
+                model.lstm = None  # trained on its own after the transformer
             zt = torch.from_numpy(z).to(device)
             history, best_epoch, stopped = _train_torch(
                 model, zt, yn, blocks, config, device, progress, dist, on_epoch
             )
             if base is not None and base_info is not None and config.residual == "blend":
                 model.base = base
+                if lstm_part is not None:
+                    model.lstm = lstm_part
+                    base_info.update(
+                        _fit_lstm_part(model, zt, yn, blocks, config, device, progress)
+                    )
                 base_info.update(
                     _blend(
                         model,
@@ -577,10 +662,15 @@ def fit_arrays(
         )
         if dist is not None and not isinstance(model, ClosedFormDecoder):
             # [distributed] FSDP: the gathered whole model on rank 0 (DDP: model itself)
+            trained_lstm = getattr(model, "lstm", None)
             model = dist.full_model(
                 model,
                 lambda: build_model(config, n_rois=n_rois, n_channels=n_channels, device="cpu"),
             )
+            if trained_lstm is not None and model is not None and model.lstm is not trained_lstm:
+                # FSDP's gathered state is that of the wrapped transformer: the LSTM part
+                # was trained and scaled outside it, the same on every process
+                model.lstm.load_state_dict(trained_lstm.state_dict())
     predictions = norm.behavior_units(pred_n)
     metrics = compute_metrics(predictions, b, blocks)
     result = FitResult(

@@ -86,6 +86,10 @@ class Decoder(nn.Module):
         the blended decoder (``FitConfig.residual``), whose head and base are scaled by the
         blend weight. With ``zero_head`` the head starts at zero, so the untrained decoder
         predicts exactly what the base predicts.
+    lstm
+        Optional :class:`~nwb_llmdecode.models.baselines.LSTMDecoder` whose output is added
+        too: the third part of the blend (``FitConfig.blend_lstm``), its head scaled by
+        its blend weight. It runs in float32, outside the backbone's autocast.
 
     Notes
     -----
@@ -105,6 +109,7 @@ class Decoder(nn.Module):
         base: LaggedLinear | None = None,
         autocast: torch.dtype | None = None,
         zero_head: bool = True,
+        lstm: LSTMDecoder | None = None,
     ) -> None:
         super().__init__()
         self.autocast = autocast
@@ -112,6 +117,7 @@ class Decoder(nn.Module):
         self.backbone = backbone.model
         self.head = nn.Linear(backbone.hidden_size, n_channels)
         self.base = base
+        self.lstm = lstm
         if base is not None and zero_head:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -190,6 +196,8 @@ class Decoder(nn.Module):
         pred = self.head(hidden.float())
         if self.base is not None:
             pred = pred + self.base(x.float())
+        if self.lstm is not None:
+            pred = pred + self.lstm(x.float())
         return pred
 
     @property
@@ -317,6 +325,15 @@ def build_model(
         # blend: the transformer is trained alone first (engine/train.py), its head as usual
         zero_head=config.residual == "ridge",
     )
+    if config.residual == "blend" and config.blend_lstm:
+        # its own generator state (the seed's, as a plain LSTM fit), so that adding it
+        # changes nothing in the transformer's initialisation or training
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model.lstm = LSTMDecoder(
+                n_rois, n_channels, hidden_size=config.lstm.hidden, num_layers=config.lstm.layers
+            )
+        model.lstm.to(device)
     if config.compile:  # in place: state_dict keys stay those of the plain module
         model.backbone.compile(dynamic=False)
     model.embedding.to(device)

@@ -52,6 +52,7 @@ class MultiSessionDecoder(nn.Module):
         hidden = base.head.in_features
         base.embedding = nn.Identity()  # type: ignore[assignment]
         base.head = nn.Identity()  # type: ignore[assignment]
+        base.lstm = None  # the blend's LSTM part decodes ROIs of one session: not shared
         self.embeddings = nn.ModuleDict(dict(embeddings))
         self.heads = nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in heads.items()})
         self.session_heads = {k: list(v) for k, v in session_heads.items()}
