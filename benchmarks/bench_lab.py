@@ -81,28 +81,21 @@ def session_kwargs(frames: int, rois: int, readout: str, seed: int) -> dict[str,
     }
 
 
-def run_case(
-    frames: int,
-    rois: int,
-    readout: str,
-    seed: int,
-    models: list[str],
-    steps: int,
-    overrides: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Fit every model on one synthetic session; precision@k for the default's salience."""
+def lab_session(
+    frames: int, rois: int, readout: str, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(activity, behaviour, driver ROIs, row key) of one synthetic lab-shape session."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "session.nwb"
         truth = make_session(path, **session_kwargs(frames, rois, readout, seed))
         a, b = _arrays(path)
-    key = {"shape": f"{frames}x{rois}", "readout": readout, "seed": seed}
-    return run_models(a, b, truth.driver_rois, key, models, steps, overrides)
+    return a, b, truth.driver_rois, {"shape": f"{frames}x{rois}", "readout": readout, "seed": seed}
 
 
-def run_zebrafish(
-    data: Path, seed: int, models: list[str], steps: int, overrides: dict[str, Any] | None
-) -> list[dict[str, Any]]:
-    """The same on real zebrafish region activity with the example's simulated tail angle."""
+def zebrafish_session(
+    data: Path, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The same for real zebrafish region activity with the example's simulated tail."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -117,7 +110,29 @@ def run_zebrafish(
         drivers = example.build_session(data, path, frame_rate=1.0, seed=seed)
         a, b = _arrays(path)
     key = {"shape": f"{a.shape[0]}x{a.shape[1]} real", "readout": "simulated tail", "seed": seed}
-    return run_models(a, b, np.asarray(drivers), key, models, steps, overrides)
+    return a, b, np.asarray(drivers), key
+
+
+def run_case(
+    frames: int,
+    rois: int,
+    readout: str,
+    seed: int,
+    models: list[str],
+    steps: int,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Fit every model on one synthetic session; precision@k for the default's salience."""
+    a, b, drivers, key = lab_session(frames, rois, readout, seed)
+    return run_models(a, b, drivers, key, models, steps, overrides)
+
+
+def run_zebrafish(
+    data: Path, seed: int, models: list[str], steps: int, overrides: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The same on real zebrafish region activity with the example's simulated tail angle."""
+    a, b, drivers, key = zebrafish_session(data, seed)
+    return run_models(a, b, drivers, key, models, steps, overrides)
 
 
 def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ python benchmarks/bench_stack.py --threads 1 --out benchmarks/results/stack.json
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import tempfile
 import time
@@ -35,20 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 from bench_default_choice import ACCEPTANCE, ALL_CASES, ZEBRAFISH, _acceptance, _default_fit, _demo
-from bench_lab import _arrays, session_kwargs
+from bench_lab import lab_session, zebrafish_session
 
 import nwb_llmdecode.engine.train as train_mod
 from nwb_llmdecode.config import FitConfig
 from nwb_llmdecode.engine import fit_arrays
 from nwb_llmdecode.engine.evaluate import compute_metrics
-from nwb_llmdecode.synthetic import make_session
+from nwb_llmdecode.engine.train import BLEND3_WEIGHTS, BLEND_WEIGHTS
 
-GRID2 = [round(0.1 * i, 1) for i in range(11)]
-GRID3 = [
-    (round(0.1 * i, 1), round(0.1 * j, 1), round(1 - 0.1 * i - 0.1 * j, 1))
-    for i, j in itertools.product(range(11), range(11))
-    if i + j <= 10
-]  # (transformer, lstm, ridge)
+GRID2 = BLEND_WEIGHTS
+GRID3 = BLEND3_WEIGHTS  # (transformer, lstm, ridge): the engine's own grids
 
 
 def _capture_parts(store: dict[str, np.ndarray]) -> Any:
@@ -94,25 +89,11 @@ def _load(case: str, tmp: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     if kind == "lab":
         shape, readout, seed = rest
         frames, rois = (int(v) for v in shape.lower().split("x"))
-        path = tmp / "session.nwb"
-        make_session(path, **session_kwargs(frames, rois, readout, int(seed)))
-        a, b = _arrays(path)
-        return a, b, {"shape": f"{frames}x{rois}", "readout": readout, "seed": int(seed)}
+        a, b, _, key = lab_session(frames, rois, readout, int(seed))
+        return a, b, key
     if kind == "real":
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location(
-            "zebrafish_real_data",
-            Path(__file__).resolve().parents[1] / "examples" / "zebrafish_real_data.py",
-        )
-        assert spec is not None and spec.loader is not None
-        example = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(example)
-        path = tmp / "zebrafish.nwb"
-        example.build_session(ZEBRAFISH, path, frame_rate=1.0, seed=int(rest[0]))
-        a, b = _arrays(path)
-        key = {"shape": f"{a.shape[0]}x{a.shape[1]} real", "readout": "simulated tail"}
-        return a, b, {**key, "seed": int(rest[0])}
+        a, b, _, key = zebrafish_session(ZEBRAFISH, int(rest[0]))
+        return a, b, key
     raise SystemExit(f"unknown case {case!r}: expected one of {ALL_CASES}")
 
 

@@ -344,9 +344,7 @@ BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 #: (transformer, LSTM, ridge) weights tried when the blend holds an LSTM: the simplex grid
 #: of step 0.1 (66 weightings).
 BLEND3_WEIGHTS = tuple(
-    (round(0.1 * i, 1), round(0.1 * j, 1), round(1.0 - 0.1 * i - 0.1 * j, 1))
-    for i in range(11)
-    for j in range(11 - i)
+    (i / 10, j / 10, (10 - i - j) / 10) for i in range(11) for j in range(11 - i)
 )
 
 
@@ -449,7 +447,7 @@ def _blend(
     y = yn[val.start : val.stop].astype(np.float64)
     ok = np.isfinite(y) & np.isfinite(p_head) & np.isfinite(p_base) & np.isfinite(p_lstm)
     if lstm is None:
-        grid = tuple((w, 0.0, round(1.0 - w, 1)) for w in BLEND_WEIGHTS)
+        grid = tuple((w, 0.0, (10 - round(10 * w)) / 10) for w in BLEND_WEIGHTS)
     else:
         grid = BLEND3_WEIGHTS
     losses = [
