@@ -24,6 +24,7 @@ pytest.importorskip("accelerate")
 
 import nwb_llmdecode
 from nwb_llmdecode.synthetic import make_session
+from tiny_models import bert_dir
 
 #: Options shared by every run: 17 windows per epoch in global batches of 8 make a last
 #: batch of one window, so rank 1's shard of it is empty (the weight-0 stand-in).
@@ -44,24 +45,6 @@ OPTIONS = {
 TIMEOUT = 300
 
 
-def _bert_dir(path: Path, hidden: int = 32) -> Path:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        vocab_size=8,
-        max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("ddp")
@@ -78,7 +61,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         behavior_timestamps=True,
         behavior_gap=(20.0, 31.0),
     )
-    _bert_dir(d / "tinybert")
+    bert_dir(d / "tinybert")
     return d
 
 
@@ -277,7 +260,7 @@ def test_cuda_bf16_two_processes_match_one(work: Path) -> None:
 @needs_two_gpus
 def test_cuda_4bit_lora_two_processes_match_one(work: Path) -> None:
     pytest.importorskip("bitsandbytes")
-    bert = _bert_dir(work / "tinybert64", hidden=64)  # saved weights: "pretrained"
+    bert = bert_dir(work / "tinybert64", hidden=64)  # saved weights: "pretrained"
     options = {
         **OPTIONS,
         "backbone": str(bert),

@@ -208,7 +208,7 @@ def test_three_way_blend_holds_the_lstm_baseline_and_leaves_the_transformer_alon
     from nwb_llmdecode.engine.train import BLEND3_WEIGHTS
 
     activity, behavior = session
-    cfg = FitConfig(**{**QUICK, "epochs": 2, "precision": "fp32", "blend_lstm": True})
+    cfg = FitConfig(**{**QUICK, "epochs": 2, "precision": "fp32", "screen": False})
     res = fit_arrays(activity, behavior, config=cfg)
     chosen = res.extra["fit"]
     wt, wl, wr = chosen["blend_weight"], chosen["blend_lstm_weight"], chosen["blend_ridge_weight"]
@@ -257,7 +257,7 @@ def test_lr_warmup_starts_the_learning_rate_near_zero(session):
 
 
 def test_embedding_penalty_adds_ridge_and_group_lasso_terms():
-    from nwb_llmdecode.engine.train import _embedding_penalty
+    from nwb_llmdecode.engine.loop import _embedding_penalty
     from nwb_llmdecode.models import build_model
 
     cfg = FitConfig(backbone="lstm", lstm={"hidden": 8}, embedding_l2=0.0, embedding_group_l1=0.0)

@@ -184,6 +184,7 @@ _FIT_KEYS = (
     "embedding",
     "residual",
     "blend_lstm",
+    "screen",
     "embedding_kernel",
     "seq_len",
     "epochs",
@@ -197,6 +198,7 @@ _FIT_KEYS = (
     "trust_remote_code",
     "patience",
     "train_stride",
+    "backbone_dropout",
     "precision",
     "compile",
     "salience",
@@ -291,6 +293,8 @@ def _fit_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             options[k] = v
     if getattr(args, "split", None):
         options["split"] = _parse_split(args.split)
+    if getattr(args, "screen_rois", None):
+        options["screen_rois"] = _csv(args.screen_rois, int, "--screen-rois")
     search = {
         k: v
         for k, v in (
@@ -350,12 +354,47 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     _print_metrics(report.metrics, stream)
     if report.results is not None:
+        _print_decoder(report.results.run, stream)
         _print_ensemble(report.results.run, stream)
     if report.results is not None and report.results.salience is not None:
         _print_top_salience(report.results, stream)
     if args.json:
         print(report.to_json())
     return 0
+
+
+def _fit_record(run: dict[str, Any]) -> dict[str, Any]:
+    """``decoding_run``'s ``fit_json`` as a dict (empty when absent or unreadable)."""
+    try:
+        record = json.loads(run.get("fit_json") or "{}")
+    except (TypeError, ValueError, AttributeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _print_decoder(run: dict[str, Any], stream: Any) -> None:
+    """What the default decoder is made of: the blend weights chosen on validation and the
+    ROIs the screen kept."""
+    record = _fit_record(run)
+    parts = []
+    if "blend_weight" in record:
+        weights = [("transformer", record["blend_weight"])]
+        if "blend_lstm_weight" in record:
+            weights.append(("LSTM", record["blend_lstm_weight"]))
+        ridge = record.get("blend_ridge_weight", round(1.0 - record["blend_weight"], 1))
+        weights.append(("ridge", ridge))
+        parts.append(
+            " + ".join(f"{w:.1f} {name}" for name, w in weights) + " (chosen on validation)"
+        )
+    if "screen_n_rois" in record:
+        kept = record["screen_n_rois"]
+        parts.append(
+            "the ROI screen kept every ROI"
+            if record.get("screen_rois") is None
+            else f"the ROI screen kept {kept} ROIs for the transformer and the LSTM"
+        )
+    if parts:
+        print("\ndecoder: " + "; ".join(parts), file=stream)
 
 
 def _print_ensemble(run: dict[str, Any], stream: Any) -> None:
@@ -440,7 +479,10 @@ def _print_top_salience(results: Any, stream: Any, n: int = 10) -> None:
     values = np.asarray(sal["salience"].values, dtype=float)
     session = results.session
     rows = []
-    for rank, i in enumerate(salience_order(values)[:n], start=1):
+    # ROIs with no salience at all (those the screen left out, when ridge has no share)
+    # are not "most salient"
+    order = [i for i in salience_order(values)[:n] if values[i] > 0]
+    for rank, i in enumerate(order, start=1):
         rows.append(
             {
                 "rank": rank,
@@ -864,6 +906,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --residual blend: blend an LSTM decoder (same prior, a few seconds) too, "
         f"the three weights chosen on validation {_fit_default('blend_lstm')}",
     )
+    g.add_argument(
+        "--screen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="screen the ROIs first: LSTMs on the top 8, 16, 32, ... ROIs by group-lasso "
+        "weight, the count chosen on validation; the transformer and the LSTM part see "
+        f"only those (ridge sees all) {_fit_default('screen')}",
+    )
+    g.add_argument(
+        "--screen-rois",
+        metavar="M,M,...",
+        help="ROI counts the screen tries besides all ROIs (default: 8, 16, 32, ... below the "
+        "ROI count, at most 1024)",
+    )
     g.add_argument("--seq-len", type=int, help=f"window length in frames {_fit_default('seq_len')}")
     _trust_arg(g, "fit")
     g = p.add_argument_group("training")
@@ -880,6 +936,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="frames between training windows of an epoch (from a random offset each "
         f"epoch) {_fit_default('train_stride')}",
+    )
+    g.add_argument(
+        "--backbone-dropout",
+        type=float,
+        metavar="P",
+        help="every dropout rate inside the backbone while it trains (default: the "
+        "backbone's own, 0.1 for MiniLM)",
     )
     g.add_argument("--seed", type=int, help=f"random seed {_fit_default('seed')}")
     g.add_argument(

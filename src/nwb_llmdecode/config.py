@@ -326,14 +326,27 @@ class FitConfig:
         by the baselines.
     blend_lstm
         With ``residual="blend"``: blend an LSTM decoder too (``lstm`` options, the same
-        prior and training settings, fitted on the same split after the transformer; a
-        few seconds on the CPU). The three weights (transformer, LSTM, ridge) are chosen
-        on the simplex grid of step 0.1 by validation loss, ties going to the larger ridge
-        share, then the larger LSTM share, and folded into the one model. Measured in
-        ``benchmarks/RESULTS.md`` ("A blend that can pick the LSTM"): never below the
-        two-way blend on the 18 sessions of the default's table, and far above it where
-        the LSTM is the better decoder. Off by default until the whole test suite has run
-        with it on (``--blend-lstm`` turns it on).
+        prior and training settings, fitted on the same split; seconds on the CPU). The
+        three weights (transformer, LSTM, ridge) are chosen on the simplex grid of step 0.1
+        by validation loss, ties going to the larger ridge share, then the larger LSTM
+        share, and folded into the one model. On by default: never below the two-way
+        blend on the 18 sessions of ``benchmarks/RESULTS.md`` ("A blend that can pick the
+        LSTM"), far above it where the LSTM is the better decoder.
+    screen
+        Screen the ROIs before training (``engine/screen.py``; transformer decoders only,
+        single-session fits): an LSTM with the group-lasso prior is fitted on every ROI,
+        the ROIs are ranked by their weight norm in its input projection, the LSTM is
+        fitted again on the top 8, 16, 32, ... of them, and the count with the lowest
+        validation loss (all ROIs being one candidate) is kept. The transformer's input
+        projection (and the blend's LSTM part) then see only those ROIs; ridge keeps
+        every ROI. The relaxed group lasso: on by default because it lifts the default on
+        every session of ``benchmarks/RESULTS.md`` ("ROI screening"), most where few
+        ROIs drive the behaviour among many; it costs a few LSTM fits (seconds to a
+        minute on a CPU). The choice is recorded in ``fit_json`` (``screen_n_rois``,
+        ``screen_rois``, the validation loss of every count).
+    screen_rois
+        The ROI counts the screen tries besides all ROIs (``None``: 8, 16, 32, ... below
+        the ROI count, at most 1,024).
     embedding_kernel
         Frames seen by each token of the ``"temporal"`` embedding (the current one and
         ``embedding_kernel - 1`` before it).
@@ -363,6 +376,10 @@ class FitConfig:
         issue 13); 0 turns it off.
     input_dropout
         Dropout on the normalised activity during training (whole ROI values).
+    backbone_dropout
+        Every dropout rate inside the backbone (hidden states, attention probabilities)
+        while it trains; ``None`` keeps the rates of the backbone's own configuration
+        (0.1 for MiniLM). LoRA adapters have their own (``lora.dropout``).
     patience
         Stop after this many epochs without a lower validation loss; the best state is
         restored. 8 by default: with the group-lasso prior the validation loss falls
@@ -462,7 +479,9 @@ class FitConfig:
     train_mode: str = "full"
     embedding: str = "temporal"
     residual: str = "blend"
-    blend_lstm: bool = False
+    blend_lstm: bool = True
+    screen: bool = True
+    screen_rois: tuple[int, ...] | None = None
     embedding_kernel: int = 3
     seq_len: int = 20
     epochs: int = 30
@@ -473,6 +492,7 @@ class FitConfig:
     embedding_l2: float = 1e-2
     embedding_group_l1: float = 0.03
     input_dropout: float = 0.0
+    backbone_dropout: float | None = None
     patience: int = 8
     min_epochs: int = 1
     min_improvement: float = 0.0
@@ -558,13 +578,32 @@ class FitConfig:
             self._check_float(name, positive=False)
         if self.input_dropout >= 1.0:
             self._bad("input_dropout", "a number in [0, 1)")
+        if self.backbone_dropout is not None:
+            self._check_float("backbone_dropout", positive=False)
+            if self.backbone_dropout >= 1.0:
+                self._bad("backbone_dropout", "a number in [0, 1) or None")
         if len(self.split) != 3 or any(
             not _is_number(f) or not math.isfinite(f) or f <= 0 for f in self.split
         ):
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
         if abs(sum(self.split) - 1.0) > 1e-6:
             self._bad("split", "three fractions > 0 (train, validation, test) summing to 1")
-        for name in ("blend_lstm", "gradient_checkpointing", "trust_remote_code", "compile"):
+        if self.screen_rois is not None:
+            v = self.screen_rois
+            if isinstance(v, str | bytes) or not hasattr(v, "__iter__"):
+                self._bad("screen_rois", "a list of ROI counts >= 1, or None")
+            object.__setattr__(self, "screen_rois", tuple(v))
+            if not self.screen_rois or any(
+                not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in self.screen_rois
+            ):
+                self._bad("screen_rois", "a non-empty list of ROI counts >= 1, or None")
+        for name in (
+            "blend_lstm",
+            "screen",
+            "gradient_checkpointing",
+            "trust_remote_code",
+            "compile",
+        ):
             if not isinstance(getattr(self, name), bool):
                 self._bad(name, "true or false")
         if self.search.trials and self.backbone in BASELINE_NAMES and self.backbone != "lstm":

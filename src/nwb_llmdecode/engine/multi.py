@@ -32,16 +32,17 @@ from ..errors import ConfigError, DataError
 from ..models.multi import MultiSessionDecoder, build_multi_model, make_embedding
 from ..windows import iter_batches, split_blocks, window_starts
 from .evaluate import compute_metrics, predict_blocks, regression_metrics
-from .result import FitResult, Normalization, check_arrays, resolve_device
-from .train import (
+from .loop import (
     _embedding_penalty,
     _improves,
     _masked_mse,
     _param_groups,
     _snapshot,
     _warmup_scheduler,
+    make_optimizer,
     progress_log,
 )
+from .result import FitResult, Normalization, check_arrays, resolve_device
 
 __all__ = [
     "MultiFitResult",
@@ -220,7 +221,7 @@ def _train(
         groups[0]["params"] = list(groups[0]["params"]) + extra
     groups = [g for g in groups if g["params"]]
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    opt = make_optimizer(groups, weight_decay=config.weight_decay)
     # the single-session fit's warm-up (FitConfig.lr_warmup), over the batches of all sessions
     per_session = [min(len(p.starts), config.max_windows_per_epoch or len(p.starts)) for p in preps]
     sched = _warmup_scheduler(

@@ -12,7 +12,6 @@ split, the training history and the trained model (which
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,11 +23,13 @@ from ..config import FitConfig
 from ..errors import ConfigError, DataError
 from ..models.baselines import ClosedFormDecoder, RidgeDecoder
 from ..models.decoder import Decoder, build_model
-from ..progress import Progress, format_eta
-from ..windows import Block, iter_batches, split_blocks, window_starts
-from .distributed import Distributed, from_environment
+from ..progress import Progress
+from ..windows import Block, split_blocks
+from .distributed import from_environment
 from .evaluate import compute_metrics, predict_blocks
+from .loop import train_torch
 from .result import FitResult, Normalization, check_arrays, resolve_device
+from .screen import Screen, fit_lstm, screen_rois
 
 __all__ = [
     "FitResult",
@@ -40,274 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-#: One concise INFO line per epoch (and per salience chunk) for logs and batch jobs; the
-#: command line shows this logger when stderr is not a terminal.
-progress_log = logging.getLogger("nwb_llmdecode.progress")
-
-
-# ----------------------------------------------------------------------------------------
-# training
-# ----------------------------------------------------------------------------------------
-
-
-def _masked_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    mask = torch.isfinite(target)
-    diff = torch.where(mask, pred - torch.nan_to_num(target), torch.zeros_like(pred))
-    return (diff**2).sum() / mask.sum().clamp(min=1)
-
-
-def _param_groups(model: torch.nn.Module, config: FitConfig) -> list[dict[str, Any]]:
-    new, backbone = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (backbone if name.startswith("backbone.") else new).append(p)
-    groups = [{"params": new, "lr": config.lr, "name": "new"}]
-    if backbone:
-        groups.append({"params": backbone, "lr": config.backbone_lr, "name": "backbone"})
-    return groups
-
-
-def make_optimizer(groups: list[dict[str, Any]], *, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over parameter groups, updating all tensors of a group at once (``foreach``;
-    torch's default does so on CUDA only). ``benchmarks/bench_recipe.py`` measures it
-    against the per-tensor loop and the fused kernel: on the CPU foreach was faster than
-    both (``benchmarks/RESULTS.md``)."""
-    return torch.optim.AdamW(groups, weight_decay=weight_decay, foreach=True)
-
-
-def _embedding_penalty(embedding: torch.nn.Module, config: FitConfig) -> torch.Tensor | None:
-    """The penalties on an input projection (``model.embedding``, or one session's in a
-    multi-session decoder): ``embedding_l2`` (ridge-like) and ``embedding_group_l1`` (group
-    lasso, one group per ROI); ``None`` when both are off."""
-    if config.embedding_l2 <= 0 and config.embedding_group_l1 <= 0:
-        return None
-    hidden = embedding.roi_weights()[0].shape[0]
-    # sums over ROIs and lags, normalised by the hidden size: independent of the width
-    sq = embedding.roi_sq_norms()  # (n_rois,)
-    total = torch.zeros((), device=sq.device)
-    if config.embedding_l2 > 0:
-        total = total + config.embedding_l2 * sq.sum() / hidden
-    if config.embedding_group_l1 > 0:
-        norms = torch.sqrt(sq + 1e-12)  # differentiable at a zeroed ROI
-        total = total + config.embedding_group_l1 * norms.sum() / math.sqrt(hidden)
-    return total
-
-
-def _snapshot(module: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
-    """Copies of the named (trainable) tensors of ``module``: the state early stopping keeps."""
-    return {n: t.detach().clone() for n, t in module.state_dict().items() if n in names}
-
-
-def _improves(val_loss: float, best_loss: float, config: FitConfig) -> bool:
-    """Whether a validation loss counts as better than the best so far
-    (``config.min_improvement`` relative, and more than float noise)."""
-    margin = config.min_improvement * best_loss if math.isfinite(best_loss) else 0.0
-    return val_loss < best_loss - margin - 1e-7
-
-
-def _target_count(yn: np.ndarray, starts: np.ndarray, seq_len: int, warmup: int, first: int) -> int:
-    """Behaviour samples the loss of a batch of windows counts (warm-up positions left out,
-    as in the training loop)."""
-    y = np.isfinite(yn[starts[:, None] + np.arange(seq_len)])
-    if warmup:
-        y[(starts != first)[:, None] & (np.arange(seq_len) < warmup)[None, :]] = False
-    return int(y.sum())
-
-
-def _val_score(
-    model: torch.nn.Module,
-    zt: torch.Tensor,
-    yn: np.ndarray,
-    block: Block,
-    config: FitConfig,
-    predict: Any = predict_blocks,
-) -> tuple[float, float]:
-    pred = predict(model, zt, [block], seq_len=config.seq_len, batch_size=config.eval_batch_size)
-    pred = pred[block.start : block.stop]
-    y = yn[block.start : block.stop]
-    ok = np.isfinite(pred) & np.isfinite(y)
-    if not ok.any():
-        return float("inf"), float("nan")
-    err = pred[ok] - y[ok]
-    mse = float(np.mean(err**2))
-    r2s = []
-    for c in range(y.shape[1]):
-        m = ok[:, c]
-        if m.sum() > 1:
-            t = y[m, c]
-            sst = float(np.sum((t - t.mean()) ** 2))
-            if sst > 0:
-                r2s.append(1.0 - float(np.sum((pred[m, c] - t) ** 2)) / sst)
-    return mse, float(np.mean(r2s)) if r2s else float("nan")
-
-
-def _train_torch(
-    model: torch.nn.Module,
-    zt: torch.Tensor,
-    yn: np.ndarray,
-    blocks: Sequence[Block],
-    config: FitConfig,
-    device: torch.device,
-    progress: Progress | None,
-    dist: Distributed | None = None,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-) -> tuple[list[dict[str, Any]], int, bool]:
-    train = next(b for b in blocks if b.name == "train")
-    val = next(b for b in blocks if b.name == "validation")
-    yt = torch.from_numpy(yn).to(device)
-    all_starts = window_starts(train.start, train.stop, config.seq_len)
-    # drop training windows without any behaviour sample
-    idx = all_starts[:, None] + np.arange(config.seq_len)
-    has_target = np.isfinite(yn[idx]).any(axis=(1, 2))
-    if not has_target.any():
-        raise DataError("no training window has a behaviour sample")
-    rng = np.random.default_rng(config.seed)
-    stride = config.train_stride
-
-    def epoch_starts() -> np.ndarray:
-        # every stride-th window, from a random offset each epoch: all frames are still
-        # seen, each about seq_len / stride times an epoch instead of seq_len times
-        if stride == 1:
-            return all_starts[has_target]
-        offset = int(rng.integers(stride))
-        keep = np.zeros(len(all_starts), dtype=bool)
-        keep[offset::stride] = True
-        keep &= has_target
-        return all_starts[keep] if keep.any() else all_starts[has_target]
-
-    warmup = int(getattr(model, "warmup", 0))
-    groups = _param_groups(model, config)
-    params = [p for g in groups for p in g["params"]]
-    opt = make_optimizer(groups, weight_decay=config.weight_decay)
-    # [distributed] several processes (engine/distributed.py): `net` is the DDP/FSDP
-    # wrapper, each process trains on its shard of every global batch; None: one process.
-    net, predict, state_src = model, predict_blocks, model
-    if dist is not None:
-        net, opt = dist.prepare(model, opt)
-        predict, state_src = dist.predict_blocks, dist.state_model(model)
-    seq = torch.arange(config.seq_len, device=device)
-    # linear learning-rate warm-up over the first lr_warmup epochs' steps, then constant
-    per_epoch = math.ceil(int(has_target.sum()) / stride)
-    if config.max_windows_per_epoch is not None:
-        per_epoch = min(per_epoch, config.max_windows_per_epoch)
-    sched = _warmup_scheduler(opt, config, math.ceil(max(per_epoch, 1) / config.batch_size))
-    history: list[dict[str, Any]] = []
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    best_loss, best_epoch, best_state = float("inf"), 0, None
-    if getattr(model, "base", None) is not None:
-        # the untrained ridge-residual decoder is the ridge model: the state to beat
-        best_loss, _ = _val_score(model, zt, yn, val, config, predict)
-        if dist is not None:
-            best_loss = dist.broadcast([best_loss, 0.0])[0]
-        best_state = _snapshot(state_src, trainable)
-    stopped = False
-    t_train = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        stage = f"epoch {epoch}/{config.epochs}"
-        model.train()
-        total, count = 0.0, 0
-        starts = epoch_starts()
-        n_windows = (
-            len(starts)
-            if config.max_windows_per_epoch is None
-            else min(len(starts), config.max_windows_per_epoch)
-        )
-        n_batches = math.ceil(n_windows / config.batch_size)
-        if progress is not None:
-            progress(stage, 0, n_batches)
-        for b, batch in enumerate(
-            iter_batches(
-                starts, config.batch_size, rng=rng, max_windows=config.max_windows_per_epoch
-            )
-        ):
-            local, weight, n_global = batch, 1.0, 0
-            if dist is not None:  # [distributed] this process's shard of the global batch
-                local, weight = dist.shard(batch)
-                n_global = _target_count(yn, batch, config.seq_len, warmup, train.start)
-            bt = torch.as_tensor(local, device=device)
-            ii = bt[:, None] + seq
-            x, y = zt[ii], yt[ii]
-            if warmup:
-                # leading positions lack history except in the block's first window; the
-                # stitched predictions do not use them, so neither does the loss
-                skip = (bt != train.start)[:, None] & (seq < warmup)[None, :]
-                y = y.masked_fill(skip[:, :, None], float("nan"))
-            if config.input_dropout > 0:
-                x = torch.nn.functional.dropout(x, p=config.input_dropout, training=True)
-            if dist is None:
-                loss = _masked_mse(model(x), y)
-            else:
-                loss = dist.loss(net(x), y, global_count=n_global, weight=weight)
-            penalty = _embedding_penalty(model.embedding, config)
-            total_loss = loss if penalty is None else loss + penalty
-            opt.zero_grad(set_to_none=True)
-            if dist is None:
-                total_loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-            else:
-                dist.backward(total_loss)
-                dist.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += float(loss.detach()) * len(batch)
-            count += len(batch)
-            if progress is not None:
-                progress(stage, b + 1, n_batches)
-        if dist is not None:  # [distributed] shard losses summed; rank 0's val loss decides
-            total = dist.sum([total])[0] / dist.world
-        train_loss = total / max(count, 1)
-        val_loss, val_r2 = _val_score(model, zt, yn, val, config, predict)
-        if dist is not None:
-            val_loss, val_r2 = dist.broadcast([val_loss, val_r2])
-        if not math.isfinite(train_loss):
-            raise DataError(
-                f"training diverged (loss {train_loss}) in epoch {epoch}; lower lr "
-                f"(now {config.lr}) or backbone_lr (now {config.backbone_lr})"
-            )
-        improved = _improves(val_loss, best_loss, config)
-        if improved:
-            best_loss, best_epoch = val_loss, epoch
-            best_state = _snapshot(state_src, trainable)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_r2": val_r2,
-                "best": improved,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        spent = time.perf_counter() - t_train
-        left = config.epochs - epoch
-        progress_log.info(
-            "%s: train loss %.4f, validation loss %.4f, validation R² %.3f%s, %.1f s, ETA %s",
-            stage,
-            train_loss,
-            val_loss,
-            val_r2,
-            " (best)" if improved else "",
-            history[-1]["seconds"],
-            format_eta(spent / epoch * left) + (" at most" if left and config.patience else ""),
-        )
-        if on_epoch is not None:  # e.g. a hyperparameter search that may stop this trial
-            on_epoch(epoch, val_loss, val_r2)
-        if (
-            config.patience > 0
-            and epoch >= config.min_epochs
-            and epoch - best_epoch >= config.patience
-            and epoch < config.epochs
-        ):
-            stopped = True
-            log.info("early stop after epoch %d; best epoch %d", epoch, best_epoch)
-            break
-    if best_state is not None:
-        state_src.load_state_dict(best_state, strict=False)
-    model.eval()
-    return history, best_epoch, stopped
 
 
 def _fit_base(
@@ -348,18 +81,6 @@ BLEND3_WEIGHTS = tuple(
 )
 
 
-def _warmup_scheduler(
-    opt: torch.optim.Optimizer, config: FitConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """Linear learning-rate warm-up over the first ``config.lr_warmup`` epochs' optimiser
-    steps, then constant; ``None`` when that is at most one step (step it after each
-    ``opt.step()``)."""
-    warm_steps = round(config.lr_warmup * steps_per_epoch)
-    if warm_steps <= 1:
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm_steps))
-
-
 def _fit_lstm_part(
     model: Decoder,
     zt: torch.Tensor,
@@ -369,29 +90,14 @@ def _fit_lstm_part(
     device: torch.device,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    """Train the blend's LSTM part (``model.lstm``) alone, as ``backbone="lstm"`` would:
-    the same prior, optimiser, stride, warm-up and early stopping, its own generator state.
-
-    Every process of a distributed fit trains it the same way on the whole training block
-    (it is small), so no collective is involved.
-    """
+    """Train the blend's LSTM part (``model.lstm``) on every ROI, as ``backbone="lstm"``
+    would (:func:`~nwb_llmdecode.engine.screen.fit_lstm`); without the ROI screen only,
+    which hands over the LSTM it chose."""
     assert model.lstm is not None
-    lstm_config = config.replace(backbone="lstm", ensemble=1)
-
-    def stage(name: str, done: int, total: int) -> None:
-        assert progress is not None
-        progress(f"lstm {name}", done, total)
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed + 1)
-        history, best_epoch, _ = _train_torch(
-            model.lstm, zt, yn, blocks, lstm_config, device, None if progress is None else stage
-        )
-    log.info("blend's LSTM part: best epoch %d of %d", best_epoch, len(history))
-    return {
-        "lstm_best_epoch": int(best_epoch),
-        "lstm_epochs_run": len(history),
-    }
+    lstm, info = fit_lstm(zt, yn, blocks, config, device, progress, stage="lstm")
+    model.lstm = lstm
+    log.info("blend's LSTM part: best epoch %d of %d", info["best_epoch"], info["epochs_run"])
+    return {"lstm_best_epoch": info["best_epoch"], "lstm_epochs_run": info["epochs_run"]}
 
 
 def _blend(
@@ -492,13 +198,18 @@ def _blend(
 
 
 def _fit_choices(
-    base: dict[str, Any] | None, best_epoch: int, stopped: bool, history: list[dict[str, Any]]
+    base: dict[str, Any] | None,
+    best_epoch: int,
+    stopped: bool,
+    history: list[dict[str, Any]],
+    screen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the fit chose on the validation block (written to ``decoding_run``)."""
     out: dict[str, Any] = {
         "best_epoch": int(best_epoch),
         "epochs_run": sum(1 for h in history if "epoch" in h),
         "stopped_early": bool(stopped),
+        **(screen or {}),
     }
     if base is not None:
         out["residual_ridge_lags"] = base["lags"]
@@ -615,6 +326,8 @@ def fit_arrays(
         )
         best_epoch, stopped = 0, False
         base_info: dict[str, Any] | None = None
+        screen: Screen | None = None
+        screen_info: dict[str, Any] | None = None
         if isinstance(model, ClosedFormDecoder):
             info = model.fit(z, yn, blocks, progress=progress)
             history = [info]
@@ -627,14 +340,24 @@ def fit_arrays(
                 if config.residual == "blend":
                     model.base = None  # the transformer is trained alone, then blended
             if lstm_part is not None:
-                model.lstm = None  # trained on its own after the transformer
+                model.lstm = None  # trained on its own, then blended
             zt = torch.from_numpy(z).to(device)
-            history, best_epoch, stopped = _train_torch(
+            if config.screen and isinstance(model, Decoder):
+                # the ROIs the transformer (and the LSTM part) see: engine/screen.py
+                screen = screen_rois(zt, yn, blocks, config, device, progress, dist)
+                if screen.rois is not None:
+                    model.embedding.restrict(screen.rois)
+                screen_info = screen.record
+            history, best_epoch, stopped = train_torch(
                 model, zt, yn, blocks, config, device, progress, dist, on_epoch
             )
             if base is not None and base_info is not None and config.residual == "blend":
                 model.base = base
-                if lstm_part is not None:
+                if lstm_part is not None and screen is not None:
+                    model.lstm = screen.lstm  # trained on the ROIs the screen chose
+                    base_info["lstm_best_epoch"] = screen.lstm_info["best_epoch"]
+                    base_info["lstm_epochs_run"] = screen.lstm_info["epochs_run"]
+                elif lstm_part is not None:
                     model.lstm = lstm_part
                     base_info.update(
                         _fit_lstm_part(model, zt, yn, blocks, config, device, progress)
@@ -685,7 +408,7 @@ def fit_arrays(
         stopped_early=stopped,
         n_rois=n_rois,
         n_channels=n_channels,
-        extra={"fit": _fit_choices(base_info, best_epoch, stopped, history)},
+        extra={"fit": _fit_choices(base_info, best_epoch, stopped, history, screen_info)},
     )
     test_r2 = np.nanmean(result.metric("r2", "test")) if metrics else float("nan")
     log.info("fit done in %.1f s; test R² (mean over channels) %.3f", result.duration_s, test_r2)

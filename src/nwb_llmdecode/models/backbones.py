@@ -41,6 +41,7 @@ __all__ = [
     "load_backbone",
     "lora_target_modules",
     "resolve_backbone",
+    "set_dropout",
 ]
 
 log = logging.getLogger(__name__)
@@ -550,6 +551,31 @@ def lora_target_modules(model: nn.Module, model_type: str) -> list[str]:
         if q in found and v in found:
             return [q, v]
     return found
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout rate of a backbone to ``p`` (in place); returns how many were set.
+
+    That is each ``nn.Dropout`` module (BERT's and GPT-2's attention modules read their
+    attention-probability dropout from one at call time) and the float
+    ``attention_dropout`` attribute that Llama-family attention reads instead. Call it
+    before LoRA adapters are added: their own dropout is ``lora.dropout``.
+
+    Examples
+    --------
+    >>> block = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+    >>> set_dropout(block, 0.0), block[1].p
+    (1, 0.0)
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = float(p)
+            count += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = float(p)
+            count += 1
+    return count
 
 
 def apply_train_mode(

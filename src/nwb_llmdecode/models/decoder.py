@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import FitConfig
 from ..progress import Progress
-from .backbones import Backbone, apply_train_mode, load_backbone
+from .backbones import Backbone, apply_train_mode, load_backbone, set_dropout
 from .baselines import LaggedLinear, LSTMDecoder, ReservoirDecoder, RidgeDecoder
 from .embeddings import LinearEmbedding, build_embedding
 
@@ -295,6 +295,9 @@ def build_model(
         device=device,
         gradient_checkpointing=config.gradient_checkpointing,
     )
+    if config.backbone_dropout is not None:
+        n = set_dropout(backbone.model, config.backbone_dropout)
+        log.debug("backbone dropout %g in %d places", config.backbone_dropout, n)
     apply_train_mode(
         backbone,
         config.train_mode,

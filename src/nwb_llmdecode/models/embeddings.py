@@ -10,6 +10,7 @@ paper's "positional" variant.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,11 +46,71 @@ class LinearEmbedding(nn.Module):
     def __init__(self, n_rois: int, hidden_size: int) -> None:
         super().__init__()
         self.proj = nn.Linear(n_rois, hidden_size)
+        # (n_rois,) 0/1 once restrict() chose the ROIs this projection sees; None: all.
+        # A buffer, so it is saved and loaded with the weights (see _load_from_state_dict).
+        self.roi_mask: torch.Tensor | None
+        self.register_buffer("roi_mask", None)
 
     @property
     def n_rois(self) -> int:
         """Number of ROIs the projection expects."""
         return self.proj.in_features
+
+    def restrict(self, rois: torch.Tensor | list[int]) -> None:
+        """See only ``rois`` (indices) from now on: the activity of every other ROI is
+        multiplied by zero before the projection, so it neither changes the output nor
+        receives a gradient, and its weights are set to zero. The kept ROIs' initial weights
+        are rescaled to the scale a projection of that many inputs starts with (as
+        ``nn.Linear`` initialises, times the lag scaling of a temporal embedding), so a
+        restricted projection trains like a small one. Call it before training.
+
+        Examples
+        --------
+        >>> emb = LinearEmbedding(6, 4)
+        >>> emb.restrict([1, 4])
+        >>> emb.roi_mask.tolist()
+        [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+        >>> x = torch.randn(2, 3, 6)
+        >>> y = x.clone()
+        >>> y[..., 0] = 5.0  # a ROI it does not see
+        >>> bool(torch.equal(emb(x), emb(y)))
+        True
+        """
+        weights = self.roi_weights()
+        idx = torch.as_tensor(rois, dtype=torch.long, device=weights[0].device).unique()
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.n_rois:
+            raise ConfigError(
+                f"cannot restrict a projection of {self.n_rois} ROIs to indices {idx.tolist()[:8]}"
+            )
+        mask = torch.zeros(self.n_rois, device=weights[0].device)
+        mask[idx] = 1.0
+        scale = math.sqrt(self.n_rois / idx.numel())
+        with torch.no_grad():
+            for w in weights:
+                w.mul_(mask * scale)
+        self.roi_mask = mask
+
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.roi_mask is None else x * self.roi_mask.to(x.dtype)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # the mask exists only in restricted projections: take it when the state has one
+        # (a freshly built projection has none), and leave the others seeing every ROI
+        mask = state_dict.get(prefix + "roi_mask")
+        if mask is not None and self.roi_mask is None:
+            self.roi_mask = torch.empty_like(mask, device=self.proj.weight.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def roi_weights(self) -> list[torch.Tensor]:
         """The weight matrices applied to ROI activity (hidden x ROIs), one per lag."""
@@ -62,7 +123,7 @@ class LinearEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project every frame of every window."""
-        return self.proj(x)
+        return self.proj(self._masked(x))
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -113,7 +174,7 @@ class PositionalEmbedding(LinearEmbedding):
                 f"window of {length} frames is longer than the {self.position.shape[0]} "
                 "positions of this embedding (seq_len it was built with)"
             )
-        return self.proj(x) + self.position[:length]
+        return self.proj(self._masked(x)) + self.position[:length]
 
 
 class TemporalEmbedding(LinearEmbedding):
@@ -152,6 +213,7 @@ class TemporalEmbedding(LinearEmbedding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project every frame together with its ``kernel - 1`` predecessors."""
+        x = self._masked(x)
         out = self.proj(x)
         for lag, lin in enumerate(self.lags, start=1):
             if lag < x.shape[-2]:
