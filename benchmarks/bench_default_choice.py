@@ -96,15 +96,19 @@ def _default_fit(tmp: Path, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return a, b, truth.driver_rois, {"shape": "900x30 default-fit", "readout": "bouts"}
 
 
-def run(case: str, overrides: dict[str, Any], steps: int) -> list[dict[str, Any]]:
-    """Fit and explain one case; its rows (one: the ``default`` model with ``overrides``)."""
+def run(
+    case: str, overrides: dict[str, Any], steps: int, models: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Fit and explain one case; its rows, one per model of ``bench_lab.MODELS`` (by
+    default only ``default``, with ``overrides``; the baselines ignore them)."""
+    models = models or ["default"]
     kind, *rest = case.split(":")
     if kind == "real":
-        return run_zebrafish(ZEBRAFISH, int(rest[0]), ["default"], steps, overrides)
+        return run_zebrafish(ZEBRAFISH, int(rest[0]), models, steps, overrides)
     if kind == "lab":
         shape, readout, seed = rest
         frames, rois = (int(v) for v in shape.lower().split("x"))
-        return run_case(frames, rois, readout, int(seed), ["default"], steps, overrides)
+        return run_case(frames, rois, readout, int(seed), models, steps, overrides)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if kind == "demo":
@@ -118,7 +122,7 @@ def run(case: str, overrides: dict[str, Any], steps: int) -> list[dict[str, Any]
             a, b, drivers, key = _default_fit(tmp, seed)
         else:
             raise SystemExit(f"unknown case {case!r}: expected one of {ALL_CASES}")
-    return run_models(a, b, drivers, {**key, "seed": seed}, ["default"], steps, overrides)
+    return run_models(a, b, drivers, {**key, "seed": seed}, models, steps, overrides)
 
 
 def main() -> None:
@@ -128,6 +132,12 @@ def main() -> None:
         "--set", nargs="*", default=[], metavar="OPTION=JSON", help="FitConfig overrides"
     )
     p.add_argument("--cases", nargs="+", default=ALL_CASES)
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["default"],
+        help="bench_lab models fitted on each case (default, default-random, ridge, lstm...)",
+    )
     p.add_argument("--steps", type=int, default=16, help="integrated-gradients steps")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, help="append JSON lines here")
@@ -139,22 +149,23 @@ def main() -> None:
     for case in args.cases:
         got = [
             {**r, "variant": args.name, "overrides": overrides}
-            for r in run(case, overrides, args.steps)
+            for r in run(case, overrides, args.steps, args.models)
         ]
         rows.extend(got)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with args.out.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in got)
-    head = ["variant", "session", "readout", "seed", "test R²", "blend w", "p@k"]
+    head = ["variant", "model", "session", "readout", "seed", "test R²", "blend w", "p@k"]
     head += ["best epoch / run", "fit s", "salience s"]
     print("| " + " | ".join(head) + " |")
-    print("|---|---|---|---|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---|---|---|---:|---:|---:|---|---:|---:|")
     for r in rows:
         fit = r.get("fit", {})
         epochs = f"{fit.get('best_epoch', '?')} / {fit.get('epochs_run', len(r['curve']))}"
         print(
-            f"| {r['variant']} | {r['shape']} | {r['readout']} | {r['seed']} | {r['test_r2']:.3f} "
+            f"| {r['variant']} | {r['model']} | {r['shape']} | {r['readout']} | {r['seed']} "
+            f"| {r['test_r2']:.3f} "
             f"| {fit.get('blend_weight', '')} | {r.get('precision_at_k', float('nan')):.2f} "
             f"| {epochs} | {r['fit_s']} | {r.get('salience_s', '')} |"
         )
