@@ -217,18 +217,26 @@ def run_models(
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per (shape, readout, seed); test R² per model, p@k, wall time."""
+    """Markdown: one line per (shape, readout, seed); test R² per model, p@k, the ROIs the
+    default's screen kept and its blend weights (transformer, LSTM, ridge) where recorded,
+    fit and salience seconds."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     keys = list(dict.fromkeys((r["shape"], r["readout"], r["seed"]) for r in rows))
-    head = ["shape", "readout", "seed", *models, "p@k (default)", "default fit s"]
+    head = ["shape", "readout", "seed", *models, "p@k (default)", "screen ROIs"]
+    head += ["blend (T, L, R)", "default fit s", "salience s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         sel = {r["model"]: r for r in rows if (r["shape"], r["readout"], r["seed"]) == key}
         d = sel.get("default", {})
+        fit = d.get("fit", {})
         cells = [*map(str, key)]
         cells += [f"{sel[m]['test_r2']:.3f}" if m in sel else "–" for m in models]
         cells += [f"{d['precision_at_k']:.2f}" if "precision_at_k" in d else "–"]
+        cells += [str(fit["screen_n_rois"]) if "screen_n_rois" in fit else "–"]
+        weights = [fit.get(k) for k in ("blend_weight", "blend_lstm_weight", "blend_ridge_weight")]
+        cells += [", ".join(f"{w:.1f}" for w in weights) if None not in weights else "–"]
         cells += [f"{d['fit_s']:.0f}" if d else "–"]
+        cells += [f"{d['salience_s']:.0f}" if "salience_s" in d else "–"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
